@@ -1,0 +1,1 @@
+"""dcd_itr.search"""
