@@ -39,6 +39,22 @@ class RetrievalSplit:
             owners[image_index].append(caption_index)
         object.__setattr__(self, "image_to_captions", owners)
 
+    @classmethod
+    def from_rows(cls, name: str, rows: list[tuple[str, Path, list[str]]]) -> RetrievalSplit:
+        """Build a split from ``(image_id, image_path, captions)`` rows, captions kept in the given order."""
+        captions: list[str] = []
+        owners: list[int] = []
+        for row, (_, _, image_captions) in enumerate(rows):
+            captions.extend(image_captions)
+            owners.extend([row] * len(image_captions))
+        return cls(
+            name=name,
+            image_ids=[image_id for image_id, _, _ in rows],
+            image_paths=[image_path for _, image_path, _ in rows],
+            captions=captions,
+            caption_to_image=np.asarray(owners, dtype=np.int64),
+        )
+
     @property
     def num_images(self) -> int:
         return len(self.image_ids)
