@@ -19,8 +19,8 @@ test-fast: install
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 install: system-deps $(STAMP)
 

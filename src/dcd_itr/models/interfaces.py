@@ -102,5 +102,7 @@ def expand_score_matrix(
     num_texts = feature_batch_size(text_features)
     image_rows = torch.arange(num_images).repeat_interleave(num_texts)  # (Ni*Mt,)
     text_rows = torch.arange(num_texts).repeat(num_images)  # (Ni*Mt,)
-    logits = model.score_pairs(slice_features(image_features, image_rows), slice_features(text_features, text_rows))
+    logits = model.score_pairs(
+        slice_features(image_features, image_rows), slice_features(text_features, text_rows)
+    )
     return logits.reshape(num_images, num_texts)
