@@ -12,10 +12,13 @@ import sys
 from dcd_itr import __version__
 from dcd_itr.commands import data as data_commands
 from dcd_itr.commands import demo as demo_commands
+from dcd_itr.commands import eval as eval_commands
+from dcd_itr.commands import features as features_commands
+from dcd_itr.commands import train as train_commands
 from dcd_itr.errors import DcdError
 
 # Explicit list of command modules, each with add_parser(subparsers); no decorator registry.
-COMMAND_MODULES = (data_commands, demo_commands)
+COMMAND_MODULES = (data_commands, features_commands, train_commands, eval_commands, demo_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,1 +1,85 @@
-"""dcd_itr.encoders"""
+"""Frozen unimodal towers behind one small interface, and the name -> factory registry.
+
+Names: ``efficientnet-lite0``, ``efficientnet-lite1``, ``efficientnet-lite2`` (image), ``minilm-l6`` (text), and
+``hf:<path-or-hub-id>`` for any ``transformers.AutoModel`` checkpoint (either side). To add a tower, write a class
+implementing :class:`ImageTower` or :class:`TextTower` and add a line to :data:`IMAGE_TOWERS` / :data:`TEXT_TOWERS`.
+
+>>> tower = build_image_tower("efficientnet-lite0", image_size=128)  # doctest: +SKIP
+>>> tower.encode(images)["tokens"].shape  # (B, 16, 320)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from dcd_itr.encoders.base import ImageTower, MissingTowerPackageError, TextTower
+from dcd_itr.encoders.efficientnet import EfficientNetLiteTower
+from dcd_itr.encoders.hf import HFImageTower, HFTextTower
+from dcd_itr.encoders.minilm import MiniLMTextTower
+from dcd_itr.errors import ConfigError
+
+HF_PREFIX = "hf:"
+
+#: name -> factory(image_size=..., device=..., **options)
+IMAGE_TOWERS: dict[str, Callable[..., ImageTower]] = {
+    "efficientnet-lite0": partial(EfficientNetLiteTower, "lite0"),
+    "efficientnet-lite1": partial(EfficientNetLiteTower, "lite1"),
+    "efficientnet-lite2": partial(EfficientNetLiteTower, "lite2"),
+}
+
+#: name -> factory(max_length=..., device=..., **options)
+TEXT_TOWERS: dict[str, Callable[..., TextTower]] = {
+    "minilm-l6": MiniLMTextTower,
+}
+
+
+def _unknown(kind: str, name: str, known: dict) -> ConfigError:
+    valid = ", ".join([*sorted(known), f"{HF_PREFIX}<path-or-hub-id>"])
+    return ConfigError(f"unknown {kind} tower {name!r}; valid names: {valid}")
+
+
+def build_image_tower(
+    name: str,
+    image_size: int | None = None,  # None -> the tower's native resolution
+    device: str | torch.device = "cpu",  # "cuda" or "auto" where present
+    **options,
+) -> ImageTower:
+    """Build a frozen image tower by registry name or ``hf:<path-or-hub-id>``; ``options`` go to its class."""
+    if name.startswith(HF_PREFIX):
+        return HFImageTower(name.removeprefix(HF_PREFIX), image_size=image_size, device=device, **options)
+    if name not in IMAGE_TOWERS:
+        raise _unknown("image", name, IMAGE_TOWERS)
+    return IMAGE_TOWERS[name](image_size=image_size, device=device, **options)
+
+
+def build_text_tower(
+    name: str,
+    max_length: int = 40,  # the DCD reference truncates captions at 40 tokens
+    device: str | torch.device = "cpu",  # "cuda" or "auto" where present
+    **options,
+) -> TextTower:
+    """Build a frozen text tower by registry name or ``hf:<path-or-hub-id>``; ``options`` go to its class."""
+    if name.startswith(HF_PREFIX):
+        return HFTextTower(name.removeprefix(HF_PREFIX), max_length=max_length, device=device, **options)
+    if name not in TEXT_TOWERS:
+        raise _unknown("text", name, TEXT_TOWERS)
+    return TEXT_TOWERS[name](max_length=max_length, device=device, **options)
+
+
+__all__ = [
+    "HF_PREFIX",
+    "IMAGE_TOWERS",
+    "TEXT_TOWERS",
+    "EfficientNetLiteTower",
+    "HFImageTower",
+    "HFTextTower",
+    "ImageTower",
+    "MiniLMTextTower",
+    "MissingTowerPackageError",
+    "TextTower",
+    "build_image_tower",
+    "build_text_tower",
+]

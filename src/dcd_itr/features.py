@@ -1,0 +1,229 @@
+"""The unimodal feature cache: frozen towers run once per dataset, their outputs live on disk.
+
+Layout (one folder per *view* — a tower at one resolution — and split)::
+
+    CACHE/image-efficientnet-lite2@260/test/manifest.json
+    CACHE/image-efficientnet-lite2@260/test/shard-00000.safetensors   # tokens (n, N, C), mask (n, N), pooled (n, D)
+    CACHE/text-minilm-l6@40/test/...
+
+The manifest records the tower's fingerprint (name, resolution, package versions, dtype), the dataset
+fingerprint (ids, paths, file sizes / caption texts of the split), the shard size and the storage dtype. A later
+run with the same manifest reuses the cache; a different one is a :class:`CacheMismatchError` that says what
+differs. Shards are written atomically, so an interrupted run resumes from the last complete shard and no partial
+file is ever read as complete. ``complete: true`` is set once the last shard is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.images import load_rgb
+from dcd_itr.encoders.base import ImageTower, TextTower
+from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.io_utils import atomic_path, write_json_atomic
+from dcd_itr.models.interfaces import FeatureBatch, concat_features
+
+FORMAT_VERSION = 1
+DEFAULT_SHARD_SIZE = 256  # items per shard: a lost shard costs at most ~30 s of Lite2 encoding on 2 cores
+
+
+def view_key(kind: str, tower_name: str, size: int) -> str:
+    """``image-efficientnet-lite2@260`` / ``text-minilm-l6@40``: a tower at one input size."""
+    return f"{kind}-{tower_name.replace('/', '_').replace(':', '_')}@{size}"
+
+
+def split_fingerprint(split: RetrievalSplit, kind: str) -> str:
+    """What the cached features of ``split`` depend on: image ids, paths and sizes, or caption texts."""
+    digest = hashlib.sha256(f"{split.name}\n".encode())
+    if kind == "image":
+        for image_id, path in zip(split.image_ids, split.image_paths, strict=True):
+            size = path.stat().st_size if path.exists() else -1
+            digest.update(f"{image_id}\t{path.name}\t{size}\n".encode())
+    else:
+        for caption in split.captions:
+            digest.update(caption.encode() + b"\n")
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheResult:
+    directory: Path
+    num_items: int
+    encoded_items: int  # items encoded in this run (0 when fully reused)
+    seconds: float
+
+    @property
+    def items_per_second(self) -> float:
+        return self.encoded_items / self.seconds if self.seconds > 0 and self.encoded_items else 0.0
+
+
+def _manifest(
+    tower: ImageTower | TextTower, kind: str, split: RetrievalSplit, shard_size: int, dtype: str
+) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "split": split.name,
+        "num_items": split.num_images if kind == "image" else split.num_captions,
+        "shard_size": shard_size,
+        "storage_dtype": dtype,
+        "dataset_fingerprint": split_fingerprint(split, kind),
+        "tower": tower.fingerprint(),
+    }
+
+
+def _describe_difference(existing: dict, wanted: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for key in sorted(set(existing) | set(wanted)):
+        if key == "complete":
+            continue
+        old, new = existing.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _describe_difference(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: cached {old!r}, now {new!r}")
+    return differences
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorruptFileError(path, "feature cache manifest not found (was the cache built?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(path, f"manifest is not valid JSON ({error})") from None
+
+
+def _shard_path(directory: Path, index: int) -> Path:
+    return directory / f"shard-{index:05d}.safetensors"
+
+
+def build_feature_cache(
+    split: RetrievalSplit,
+    tower: ImageTower | TextTower,
+    cache_root: Path,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    storage_dtype: str = "float32",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> CacheResult:
+    """Encode ``split`` with ``tower`` into the cache (resuming or reusing what is there); see the module doc."""
+    kind = "image" if isinstance(tower, ImageTower) else "text"
+    size = tower.image_size if kind == "image" else tower.max_length
+    directory = Path(cache_root) / view_key(kind, tower.name, size) / split.name
+    wanted = _manifest(tower, kind, split, shard_size, storage_dtype)
+    if (directory / "manifest.json").exists():
+        existing = read_manifest(directory)
+        differences = _describe_difference(existing, wanted)
+        if differences:
+            raise CacheMismatchError(
+                f"{directory}: the cache was built from different inputs; delete the folder or use another "
+                "--out to rebuild:\n  " + "\n  ".join(differences)
+            )
+    else:
+        write_json_atomic(directory / "manifest.json", {**wanted, "complete": False})
+    dtype = getattr(torch, storage_dtype)
+    items = split.image_paths if kind == "image" else split.captions
+    num_shards = -(-len(items) // shard_size)
+    todo = [i for i in range(num_shards) if not _shard_path(directory, i).exists()]
+    start, encoded = time.perf_counter(), 0
+    bar = tqdm(
+        total=len(items), desc=f"{directory.parent.name}/{split.name}", unit=kind, disable=not progress
+    )
+    bar.update(len(items) - sum(min(shard_size, len(items) - i * shard_size) for i in todo))
+    for index in todo:
+        chunk = items[index * shard_size : (index + 1) * shard_size]
+        if kind == "image":
+            features = tower.encode([load_rgb(path) for path in chunk], batch_size=batch_size)
+        else:
+            features = tower.encode(list(chunk), batch_size=batch_size, pad_to_max_length=True)
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in features.items()}
+        with atomic_path(_shard_path(directory, index)) as temp:
+            save_file(tensors, str(temp))
+        encoded += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    write_json_atomic(directory / "manifest.json", {**wanted, "complete": True})
+    return CacheResult(directory, len(items), encoded, time.perf_counter() - start)
+
+
+def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> FeatureBatch:
+    """All rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``)."""
+    manifest = read_manifest(directory)
+    if not manifest.get("complete"):
+        raise CorruptFileError(
+            directory / "manifest.json", "cache is incomplete; rerun `dcd features` to finish"
+        )
+    num_shards = -(-manifest["num_items"] // manifest["shard_size"])
+    batches = []
+    for index in range(num_shards):
+        path = _shard_path(directory, index)
+        try:
+            shard = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CorruptFileError(
+                path, f"cannot read feature shard ({error}); delete it and rerun"
+            ) from None
+        expected = min(manifest["shard_size"], manifest["num_items"] - index * manifest["shard_size"])
+        if any(value.shape[0] != expected for value in shard.values()):
+            raise CorruptFileError(path, f"shard has the wrong number of rows (expected {expected})")
+        batches.append({k: (v.to(dtype) if v.is_floating_point() else v) for k, v in shard.items()})
+    return concat_features(batches)
+
+
+def parse_view(spec: str, default_size: int | None = None) -> tuple[str, int | None]:
+    """``efficientnet-lite2@260`` -> (``efficientnet-lite2``, 260); no ``@`` -> (name, default_size)."""
+    name, _, size = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if size and not size.isdigit():
+        raise CacheMismatchError(f"bad view {spec!r}: expected NAME or NAME@SIZE with an integer size")
+    return name, int(size) if size else default_size
+
+
+class FeatureStore:
+    """Cached features of one split, by view name, with keys namespaced as ``"<view>.<name>"``.
+
+    ``store.image_features(["efficientnet-lite2@260"])`` -> ``{"efficientnet-lite2@260.tokens": (N, 81, 352),
+    "efficientnet-lite2@260.mask": (N, 81), "efficientnet-lite2@260.pooled": (N, 1280)}``. The dataset
+    fingerprint in each manifest must match the split, so features can never be paired with the wrong rows.
+    """
+
+    def __init__(self, cache_root: Path, split: RetrievalSplit, dtype: torch.dtype = torch.float32) -> None:
+        self.cache_root, self.split, self.dtype = Path(cache_root), split, dtype
+        self._loaded: dict[str, FeatureBatch] = {}
+
+    def _load(self, kind: str, view: str) -> FeatureBatch:
+        name, size = parse_view(view)
+        if size is None:
+            raise CacheMismatchError(f"view {view!r} needs its input size, e.g. {name}@224")
+        key = view_key(kind, name, size)
+        if key not in self._loaded:
+            directory = self.cache_root / key / self.split.name
+            if not (directory / "manifest.json").exists():
+                raise CacheMismatchError(
+                    f"{directory}: no cached {kind} features for view {view!r}; run `dcd features` for it"
+                )
+            manifest = read_manifest(directory)
+            if manifest.get("dataset_fingerprint") != split_fingerprint(self.split, kind):
+                raise CacheMismatchError(
+                    f"{directory}: cached for a different version of the {self.split.name} split"
+                )
+            features = load_feature_cache(directory, self.dtype)
+            self._loaded[key] = {f"{view}.{name}": value for name, value in features.items()}
+        return self._loaded[key]
+
+    def image_features(self, views: list[str]) -> FeatureBatch:
+        return {k: v for view in views for k, v in self._load("image", view).items()}
+
+    def text_features(self, views: list[str]) -> FeatureBatch:
+        return {k: v for view in views for k, v in self._load("text", view).items()}

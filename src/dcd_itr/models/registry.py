@@ -1,0 +1,61 @@
+"""Saving and loading trained models: ``model.yaml`` (kind + config) beside ``model.safetensors``. No pickles.
+
+Kinds are an explicit name -> (config class, model class) dict; add a line here to make a new model loadable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from dcd_itr.config import config_from_dict, config_to_dict
+from dcd_itr.errors import ConfigError, CorruptFileError
+from dcd_itr.io_utils import write_text_atomic
+from dcd_itr.models.dual import DualConfig, DualEncoderModel
+from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
+
+MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
+    "dual": (DualConfig, DualEncoderModel),
+    "fusion": (FusionConfig, FusionCrossEncoder),
+}
+
+
+def model_kind(model: nn.Module) -> str:
+    for kind, (_, model_class) in MODEL_KINDS.items():
+        if type(model) is model_class:
+            return kind
+    raise ConfigError(f"{type(model).__name__} is not a registered model kind ({sorted(MODEL_KINDS)})")
+
+
+def save_model_description(model: nn.Module, folder: Path) -> Path:
+    """Write ``folder/model.yaml``: the kind and config needed to rebuild ``model`` before loading weights."""
+    description = {"kind": model_kind(model), "config": config_to_dict(model.config)}
+    path = Path(folder) / "model.yaml"
+    write_text_atomic(path, yaml.safe_dump(description, sort_keys=False))
+    return path
+
+
+def build_model_from_description(folder: Path) -> nn.Module:
+    path = Path(folder) / "model.yaml"
+    try:
+        description = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorruptFileError(path, "model description not found (is this a model folder?)") from None
+    except yaml.YAMLError as error:
+        raise CorruptFileError(path, f"malformed YAML ({error})") from None
+    kind = description.get("kind") if isinstance(description, dict) else None
+    if kind not in MODEL_KINDS:
+        raise CorruptFileError(path, f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+    config_class, model_class = MODEL_KINDS[kind]
+    return model_class(config_from_dict(config_class, description.get("config") or {}, str(path)))
+
+
+def load_model(folder: Path, weights: str = "model.safetensors") -> nn.Module:
+    """Rebuild a model from ``folder/model.yaml`` and load ``folder/<weights>`` (safetensors)."""
+    from dcd_itr.train import load_model_weights  # local import: train imports nothing from models
+
+    model = build_model_from_description(folder)
+    load_model_weights(model, Path(folder) / weights)
+    return model.eval()

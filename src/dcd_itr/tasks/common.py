@@ -1,0 +1,98 @@
+"""Pieces every training task shares: loading cached features for a model, epoch sampling, validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from dcd_itr.config import config_to_dict, save_config
+from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.loading import load_split
+from dcd_itr.errors import ConfigError
+from dcd_itr.evaluate import encode_all, score_all_pairs
+from dcd_itr.features import FeatureStore
+from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
+from dcd_itr.models.interfaces import FeatureBatch
+
+
+def prepare_run_dir(config: Any) -> Path:
+    """Create ``config.out`` and save the resolved config there. A folder that already holds a checkpoint of a
+    run with a different config is refused (resuming it would mix two runs)."""
+    out = Path(config.out)
+    saved = out / "config.yaml"
+    if (out / "last" / "state.json").exists() and saved.exists():
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        if previous != config_to_dict(config):
+            changed = sorted(
+                k
+                for k in set(previous) | set(config_to_dict(config))
+                if previous.get(k) != config_to_dict(config).get(k)
+            )
+            raise ConfigError(
+                f"{out}: holds a run with a different config (fields {changed} differ); "
+                "delete the folder or set another `out` to start a new run"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, saved)
+    return out
+
+
+@dataclass
+class SplitFeatures:
+    """A split and the cached features a model needs, keyed ``"<view>.<name>"``."""
+
+    split: RetrievalSplit
+    images: FeatureBatch  # (N, ...) per key
+    texts: FeatureBatch  # (M, ...) per key
+
+
+def load_split_features(
+    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
+) -> SplitFeatures:
+    split = load_split(data, split_name)
+    store = FeatureStore(features, split)
+    return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """The data order of an epoch depends on (seed, epoch) only, so a resumed run sees the same batches."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
+
+
+def image_caption_batches(
+    split: RetrievalSplit, batch_size: int, seed: int, epoch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (image rows, caption rows) batches: each image once, with one of its captions drawn at
+    random, so no batch holds two captions of one image (no false in-batch negatives)."""
+    generator = epoch_generator(seed, epoch)
+    order = torch.randperm(split.num_images, generator=generator)  # (N,)
+    counts = torch.tensor([len(c) for c in split.image_to_captions])  # (N,)
+    offsets = torch.tensor([c[0] for c in split.image_to_captions])  # captions of an image are contiguous
+    choice = (torch.rand(split.num_images, generator=generator) * counts).long()  # (N,)
+    captions = offsets + choice  # (N,)
+    batches = []
+    for start in range(0, split.num_images - 1, batch_size):
+        rows = order[start : start + batch_size]
+        if len(rows) >= 2:
+            batches.append((rows, captions[rows]))
+    return batches
+
+
+@torch.inference_mode()
+def validate_dual(model: nn.Module, features: SplitFeatures) -> dict[str, float]:
+    images = encode_all(model.encode_images, features.images, batch_size=1024)["embedding"]
+    texts = encode_all(model.encode_texts, features.texts, batch_size=1024)["embedding"]
+    return rank_dual(images, texts, features.split.caption_to_image)
+
+
+@torch.inference_mode()
+def validate_cross(model: nn.Module, features: SplitFeatures, progress: bool = False) -> dict[str, float]:
+    images = encode_all(model.encode_images, features.images, batch_size=256)
+    texts = encode_all(model.encode_texts, features.texts, batch_size=256)
+    scores = score_all_pairs(model, images, texts, text_block=features.split.num_captions, progress=progress)
+    return recall_at_k_from_scores(scores.scores, features.split.caption_to_image)
