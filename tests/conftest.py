@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "puppy", "the", "red", "ball", "##s"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "cyan"]
 
 
@@ -53,3 +55,28 @@ def write_karpathy_fixture(root: Path, records: list[dict] | None = None) -> Pat
 @pytest.fixture
 def karpathy_dataset(tmp_path: Path) -> Path:
     return write_karpathy_fixture(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_path(tmp_path_factory):
+    from transformers import ViTConfig, ViTModel
+
+    path = tmp_path_factory.mktemp("tiny_vit")
+    ViTModel(ViTConfig(image_size=32, patch_size=8, **TINY)).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [1, 2, 3]})
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_path(tmp_path_factory):
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    # transformers 5 takes the vocabulary as `vocab=`; the old `vocab_file=` is silently ignored (all [UNK]).
+    BertTokenizer(vocab={token: index for index, token in enumerate(TINY_VOCAB)}).save_pretrained(path)
+    BertModel(BertConfig(vocab_size=len(TINY_VOCAB), max_position_embeddings=64, **TINY)).save_pretrained(
+        path
+    )
+    return path

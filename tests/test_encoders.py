@@ -34,8 +34,6 @@ from dcd_itr.errors import ConfigError
 
 # ILSVRC-2012 class index of matplotlib's Grace Hopper photo (the weight packages ship no class names)
 MILITARY_UNIFORM = 652
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
-TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "puppy", "the", "red", "ball", "##s"]
 
 
 def solid(color: tuple[int, int, int], size: tuple[int, int] = (50, 40)) -> Image.Image:
@@ -115,31 +113,6 @@ def test_hf_missing_checkpoint_does_not_download():
 
 
 # ----------------------------------------------------------------------------- tiny random HF towers
-
-
-@pytest.fixture(scope="module")
-def tiny_vit_path(tmp_path_factory):
-    from transformers import ViTConfig, ViTModel
-
-    path = tmp_path_factory.mktemp("tiny_vit")
-    ViTModel(ViTConfig(image_size=32, patch_size=8, **TINY)).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [1, 2, 3]})
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_path(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    # transformers 5 takes the vocabulary as `vocab=`; the old `vocab_file=` is silently ignored (all [UNK]).
-    BertTokenizer(vocab={token: index for index, token in enumerate(TINY_VOCAB)}).save_pretrained(path)
-    BertModel(BertConfig(vocab_size=len(TINY_VOCAB), max_position_embeddings=64, **TINY)).save_pretrained(
-        path
-    )
-    return path
 
 
 def test_hf_vit_tower_shapes_pooling_and_preprocessor(tiny_vit_path):
