@@ -1,10 +1,11 @@
 """Two CPU ranks (gloo) train exactly like one process with gradient accumulation, and only rank 0 writes.
 
 The Trainer gives rank r every world_size-th batch of an epoch, and DistributedDataParallel averages the
-ranks' gradients. So two ranks with grad_accumulation=1 over micro-batches [b0, b1, b2, b3] (rank 0: b0, b2;
-rank 1: b1, b3) apply, at each step, the mean of the gradients of (b0, b1) then (b2, b3) — what one process
-with grad_accumulation=2 applies. With a per-micro-batch mean loss and no dropout the two runs must agree.
-The epoch has 5 batches, an odd count: every rank must still take the same number (no rank left waiting).
+ranks' gradients. So two ranks with grad_accumulation=2 over micro-batches [b0, ..., b7] (rank 0: b0, b2, b4,
+b6; rank 1: b1, b3, b5, b7) apply at their first step the mean of the gradients of b0..b3 — what one process
+with grad_accumulation=4 applies. With a per-micro-batch mean loss and no dropout the two runs must agree.
+Accumulating on each rank exercises DDP's ``no_sync``; the epoch has 9 batches, an odd count, and every rank
+must still take the same number (otherwise one rank waits forever on a collective the other never reaches).
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ TEXT_KEY = "minilm-l6@40.pooled"
 def _train(out_dir: Path, grad_accumulation: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Train the tiny dual encoder; return its final weights and the gradients of every optimizer step."""
     data = torch.Generator().manual_seed(3)
-    images = {IMAGE_KEY: torch.randn(20, 6, generator=data)}  # (N, image_dim)
-    texts = {TEXT_KEY: torch.randn(20, 5, generator=data)}  # (N, text_dim)
+    images = {IMAGE_KEY: torch.randn(36, 6, generator=data)}  # (N, image_dim)
+    texts = {TEXT_KEY: torch.randn(36, 5, generator=data)}  # (N, text_dim)
     torch.manual_seed(0)
     model = DualEncoderModel(DualConfig(image_dim=6, text_dim=5, embed_dim=4, hidden_dim=8, dropout=0.0))
     loss = SymmetricInfoNCELoss()
 
     def batches(epoch: int) -> list[torch.Tensor]:
-        order = torch.randperm(20, generator=torch.Generator().manual_seed(epoch))  # (N,)
-        return list(order.split(4))  # 5 batches of (4,) rows
+        order = torch.randperm(36, generator=torch.Generator().manual_seed(epoch))  # (N,)
+        return list(order.split(4))  # 9 batches of (4,) rows
 
     def step(wrapped, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         image_embedding, text_embedding = wrapped(slice_features(images, rows), slice_features(texts, rows))
@@ -81,7 +82,7 @@ def _rank_main(rank: int, port: int, out_dir: str, result_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
         assert distributed_context() == (rank, WORLD_SIZE)
-        weights, gradients = _train(Path(out_dir), grad_accumulation=1)
+        weights, gradients = _train(Path(out_dir), grad_accumulation=2)
         save_file(weights, str(Path(result_dir) / f"weights{rank}.safetensors"))
         save_file(gradients, str(Path(result_dir) / f"gradients{rank}.safetensors"))
     finally:
@@ -114,7 +115,7 @@ def _files_under(folder: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_with_gradient_accumulation(tmp_path):
-    single_weights, single_gradients = _train(tmp_path / "single", grad_accumulation=2)
+    single_weights, single_gradients = _train(tmp_path / "single", grad_accumulation=4)
     result_dir = tmp_path / "results"
     result_dir.mkdir()
     _spawn_ranks(tmp_path / "ddp", result_dir)
