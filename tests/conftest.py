@@ -80,3 +80,27 @@ def tiny_bert_path(tmp_path_factory):
         path
     )
     return path
+
+
+def write_shapes_fixture(root: Path, num_images: int = 24) -> Path:
+    """A Karpathy-format dataset of coloured shapes: 2 captions per image, 2/3 train, 1/6 val, 1/6 test."""
+    from PIL import ImageDraw
+
+    generator = torch.Generator().manual_seed(0)
+    records = []
+    for index in range(num_images):
+        red, green, blue = (int(v) for v in torch.randint(0, 256, (3,), generator=generator))
+        shape = ["circle", "square", "bar"][index % 3]
+        image = Image.new("RGB", (40, 40), "white")
+        draw = ImageDraw.Draw(image)
+        box = (8, 8, 32, 32) if shape != "bar" else (4, 16, 36, 24)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=(red, green, blue))
+        path = root / "imgs" / f"img{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        split = "train" if index % 6 < 4 else ("val" if index % 6 == 4 else "test")
+        captions = [f"a {shape} of colour {red} {green} {blue}", f"the {shape} number {index}"]
+        records.append(karpathy_record(index, split, captions))
+    path = root / "dataset_shapes.json"
+    path.write_text(json.dumps({"dataset": "shapes", "images": records}), encoding="utf-8")
+    return path

@@ -13,7 +13,7 @@ from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table, rank_dual, recall_at_k_from_scores
-from dcd_itr.models.dual import DualEncoderModel
+from dcd_itr.models.interfaces import is_cross_encoder
 from dcd_itr.models.registry import load_model
 from dcd_itr.tasks.common import SplitFeatures, load_split_features
 
@@ -38,7 +38,7 @@ def evaluate_model(
     model = load_model(folder)
     cached = _features(model, data, features, split)
     with torch.inference_mode():
-        if isinstance(model, DualEncoderModel):
+        if not is_cross_encoder(model):
             images = encode_all(model.encode_images, cached.images, batch_size=1024)["embedding"]
             texts = encode_all(model.encode_texts, cached.texts, batch_size=1024)["embedding"]
             return {"kind": "dual", **rank_dual(images, texts, cached.split.caption_to_image)}
@@ -68,7 +68,7 @@ def evaluate_cascade(
     progress: bool = True,
 ) -> dict[str, Any]:
     dual, cross = load_model(dual_folder), load_model(cross_folder)
-    if not isinstance(dual, DualEncoderModel) or isinstance(cross, DualEncoderModel):
+    if is_cross_encoder(dual) or not is_cross_encoder(cross):
         raise ConfigError(
             f"a cascade needs a dual first stage and a cross-encoder second ({dual_folder}, {cross_folder})"
         )

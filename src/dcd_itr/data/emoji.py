@@ -5,8 +5,7 @@ Karpathy split format, so every later stage reads it through the same path as CO
 
 - Images: every annotated emoji that renders as a single, non-blank glyph; skin-tone variants are dropped (they
   share captions with their base emoji). Cropped to content and centred on a white 136 px square.
-- Captions: the CLDR short name, and the keywords (other than the name) as one caption, or as two when there are
-  four or more, all distinct within an image.
+- Captions: the CLDR short name, and the keywords (other than the name) joined as a second caption.
 - Splits: about 70/10/20, deterministic for a seed, with emoji that share a base (man mage / woman mage / mage;
   all flags; all keycaps; all families) in the same split so that near-duplicates do not leak across splits.
 """
@@ -62,16 +61,14 @@ def is_skin_tone_variant(sequence: str) -> bool:
 
 
 def captions_for(annotation: Annotation) -> tuple[str, ...]:
-    """The name, then the keywords other than the name as one caption (two when there are four or more)."""
+    """The name, then the keywords other than the name joined as a second caption ("face, grin, smile").
+
+    Splitting the keywords over more captions was tried and rejected: halves such as "face, open" describe dozens
+    of emoji, so they measure ambiguity rather than retrieval.
+    """
     name = annotation.name
-    keywords = [word for word in annotation.keywords if word.casefold() != name.casefold()]
-    groups = [keywords[0::2], keywords[1::2]] if len(keywords) >= 4 else [keywords]
-    captions = [name]
-    for group in groups:
-        caption = ", ".join(group)
-        if caption and caption.casefold() not in {c.casefold() for c in captions}:
-            captions.append(caption)
-    return tuple(captions)
+    keywords = ", ".join(word for word in annotation.keywords if word.casefold() != name.casefold())
+    return (name, keywords) if keywords else (name,)
 
 
 def group_key(annotation: Annotation) -> str:

@@ -132,14 +132,22 @@ class FusionCrossEncoder(nn.Module):
         }
         if self.has_fusion:
             view = self.config.fusion_image_view
-            tokens = images[f"{view}.tokens"]  # (B, N, C), N = h*w grid positions
-            side = int(math.isqrt(tokens.shape[1]))
-            grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)  # (B, C, h, w)
-            pooled = (
-                F.adaptive_avg_pool2d(grid, self.config.image_grid).flatten(2).transpose(1, 2)
-            )  # (B, G*G, C)
+            pooled = self._pool_image_tokens(images[f"{view}.tokens"])  # (B, G*G, C)
             out["fusion.image_tokens"] = self.image_projection(pooled)  # (B, G*G, W)
         return out
+
+    def _pool_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tower tokens -> (B, G*G, C). A CNN grid (N = h*w) or a ViT's tokens (N = 1 + h*w, CLS dropped)
+        are average-pooled to G x G; any other sequence is average-pooled along its length to G*G tokens."""
+        count, grid = tokens.shape[1], self.config.image_grid
+        for skip in (0, 1):
+            side = math.isqrt(max(0, count - skip))
+            if side > 0 and side * side == count - skip:
+                spatial = (
+                    tokens[:, skip:].transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+                )  # (B, C, h, w)
+                return F.adaptive_avg_pool2d(spatial, grid).flatten(2).transpose(1, 2)
+        return F.adaptive_avg_pool1d(tokens.transpose(1, 2), grid * grid).transpose(1, 2)
 
     def encode_texts(self, texts: FeatureBatch) -> FeatureBatch:
         out = {

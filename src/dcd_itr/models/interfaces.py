@@ -90,6 +90,11 @@ class CrossEncoder(Protocol):
         ...
 
 
+def is_cross_encoder(model: object) -> bool:
+    """True for a cross-encoder (pair scores from fusion), False for a dual (dot products of embeddings)."""
+    return hasattr(model, "score_pairs") and hasattr(model, "fusion_depth")
+
+
 def expand_score_matrix(
     model: CrossEncoder, image_features: FeatureBatch, text_features: FeatureBatch
 ) -> torch.Tensor:

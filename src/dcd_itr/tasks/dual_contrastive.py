@@ -27,7 +27,7 @@ class DualTrainingConfig:
     batch_size: int = 128  # in-batch negatives: 127 per pair; ~10 steps per epoch on 1.3K images
     model: DualConfig = field(default_factory=DualConfig)
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=12, lr=1e-3, weight_decay=0.05, checkpoint_every=1000)
+        default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, weight_decay=0.05, checkpoint_every=1000)
     )
 
 

@@ -1,0 +1,175 @@
+"""The training commands end to end on a tiny dataset with tiny random towers: dual baseline, fusion teacher,
+DCD into both students, evaluation and cascade — through the CLI, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import write_shapes_fixture
+from dcd_itr.cli import main
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> dict:
+    root = tmp_path_factory.mktemp("tasks")
+    data = write_shapes_fixture(root)
+    image_view, text_view = f"hf:{tiny_vit_path}@32", f"hf:{tiny_bert_path}@16"
+    code = main(
+        [
+            "features",
+            "--data",
+            str(data),
+            "--out",
+            str(root / "cache"),
+            "--image-encoder",
+            image_view,
+            "--text-encoder",
+            text_view,
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    dual = {
+        "image_view": image_view,
+        "text_view": text_view,
+        "image_dim": 32,
+        "text_dim": 32,
+        "hidden_dim": 16,
+        "embed_dim": 8,
+    }
+    common = {"data": str(data), "features": str(root / "cache")}
+    configs = {
+        "dual": {
+            **common,
+            "out": str(root / "dual"),
+            "batch_size": 8,
+            "model": dual,
+            "train": {"epochs": 2, "lr": 0.01, "checkpoint_every": 2},
+        },
+        "teacher": {
+            **common,
+            "out": str(root / "teacher"),
+            "paths": [dual],
+            "path_training": {"batch_size": 8, "train": {"epochs": 2, "lr": 0.01}},
+            "fusion": {
+                "fusion_image_view": image_view,
+                "fusion_text_view": text_view,
+                "image_token_dim": 32,
+                "text_token_dim": 32,
+                "image_grid": 2,
+                "max_text_tokens": 16,
+                "width": 16,
+                "num_layers": 2,
+                "num_heads": 2,
+            },
+            "negatives": 3,
+            "anchors_per_batch": 4,
+            "train": {"epochs": 1, "lr": 0.001},
+        },
+    }
+    distill = {
+        **common,
+        "teacher": str(root / "teacher" / "best"),
+        "teacher_cache": str(root / "teacher_cache"),
+        "pool_size": 6,
+        "num_candidates": 3,
+        "anchors_per_batch": 8,
+    }
+    configs["dcd_dual"] = {
+        **distill,
+        "out": str(root / "dcd_dual"),
+        "student": "dual",
+        "dual": dual,
+        "train": {"epochs": 2, "lr": 0.01},
+    }
+    configs["dcd_cross"] = {
+        **distill,
+        "out": str(root / "dcd_cross"),
+        "student": "cross",
+        "train": {"epochs": 1, "lr": 0.001},
+    }
+    paths = {}
+    for name, config in configs.items():
+        paths[name] = root / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(config), encoding="utf-8")
+    return {"root": root, "data": data, "configs": paths}
+
+
+def test_dual_baseline_trains_resumes_and_evaluates(workspace: dict, capsys) -> None:
+    root, config = workspace["root"], workspace["configs"]["dual"]
+    assert main(["train-dual", "--config", str(config), "--quiet"]) == 0
+    assert (root / "dual" / "best" / "model.safetensors").is_file()
+    lines = (root / "dual" / "metrics.jsonl").read_text().splitlines()
+    assert sum('"validation"' in line for line in lines) == 2
+    assert main(["train-dual", "--config", str(config), "--quiet"]) == 0  # finished run: nothing more to do
+    assert (root / "dual" / "metrics.jsonl").read_text().splitlines() == lines
+    code = main(["train-dual", "--config", str(config), "--set", "train.lr=0.5", "--quiet"])
+    assert code == 2 and "different config" in capsys.readouterr().err
+    out = root / "dual_eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(root / "dual" / "best"),
+                "--data",
+                str(workspace["data"]),
+                "--features",
+                str(root / "cache"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(out.read_text())[str(root / "dual" / "best")]
+    assert metrics["num_images"] == 4 and metrics["num_captions"] == 8 and 0 <= metrics["rsum"] <= 600
+
+
+def test_teacher_then_dcd_students_then_cascade(workspace: dict) -> None:
+    root, configs = workspace["root"], workspace["configs"]
+    assert main(["train-teacher", "--config", str(configs["teacher"]), "--quiet"]) == 0
+    ensemble = json.loads((root / "teacher" / "ensemble_val_metrics.json").read_text())
+    best = json.loads((root / "teacher" / "best" / "metrics.json").read_text())
+    assert best["rsum"] >= ensemble["rsum"]  # the kept teacher never loses to the ensemble it started as
+    assert main(["distill", "--config", str(configs["dcd_dual"]), "--quiet"]) == 0
+    cache_files = sorted((root / "teacher_cache").rglob("*.safetensors"))
+    assert len(cache_files) == 2  # one round, two directions
+    stamps = [f.stat().st_mtime_ns for f in cache_files]
+    assert main(["distill", "--config", str(configs["dcd_cross"]), "--quiet"]) == 0
+    assert [
+        f.stat().st_mtime_ns for f in cache_files
+    ] == stamps  # the cross student reused the teacher scores
+    timing = json.loads((root / "dcd_cross" / "timing.json").read_text())
+    assert timing["teacher_cache_seconds"] < timing["training_seconds"]
+    student_yaml = yaml.safe_load((root / "dcd_cross" / "best" / "model.yaml").read_text())
+    assert student_yaml["config"]["num_layers"] == 1  # half of the teacher's two fusion layers
+    out = root / "cascade.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(root / "teacher" / "best"),
+                "--data",
+                str(workspace["data"]),
+                "--features",
+                str(root / "cache"),
+                "--cascade",
+                f"{root / 'dcd_dual' / 'best'}:{root / 'dcd_cross' / 'best'}",
+                "--k",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(out.read_text())
+    assert rows["cascade k=2"]["pairs_scored"] == 4 * 2 + 8 * 2
+    assert rows[str(root / "teacher" / "best")]["kind"] == "cross"
