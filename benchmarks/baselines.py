@@ -11,10 +11,11 @@ standard deviation over the seeds, each seed's epoch chosen on val.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 from pathlib import Path
+
+from safetensors.torch import save_file
 
 from dcd_itr.commands.eval import evaluate_model
 from dcd_itr.config import load_config
@@ -23,7 +24,6 @@ from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.models.zeroshot import ZeroShotConfig, build_zero_shot
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
-from safetensors.torch import save_file
 
 VIEWS = ["lite0_128", "lite0_224", "lite1_240", "lite2_260"]
 COLUMNS = [
