@@ -59,6 +59,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
     device: str = "cpu"
+    max_batches_per_epoch: int | None = None  # cap an epoch's micro-batches per rank (CPU budgets); None = all
 
 
 @dataclass
@@ -214,6 +215,8 @@ class Trainer:
     def _rank_batches(self, epoch_batches: list[Any]) -> list[Any]:
         """This rank's share of an epoch: every ``world_size``-th batch, the same number on every rank."""
         per_rank = len(epoch_batches) // self.world_size
+        if self.config.max_batches_per_epoch:
+            per_rank = min(per_rank, self.config.max_batches_per_epoch)
         return epoch_batches[self.rank :: self.world_size][:per_rank]
 
     def _no_sync(self, last_micro_batch: bool):

@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from dcd_itr.commands.data import dataset_statistics
+from dcd_itr.commands.eval import run_eval
+from dcd_itr.commands.features import cache_features
+from dcd_itr.config import load_config
 from dcd_itr.data.emoji import DATASET_FILENAME, DEFAULT_SEED, build_emoji_dataset
 from dcd_itr.data.emoji_source import find_font
 from dcd_itr.data.loading import load_dataset
 from dcd_itr.data.preview import split_contact_sheet
+from dcd_itr.io_utils import write_text_atomic
+from dcd_itr.tasks.distill import DistillConfig, distill
+from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
+from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
 
 T = TypeVar("T")
 
@@ -51,18 +59,122 @@ def build_or_reuse_emoji(data_dir: Path, seed: int, fresh: bool) -> Path:
     return build_emoji_dataset(data_dir, seed=seed)
 
 
-def demo(data_dir: Path, results_dir: Path, seed: int = DEFAULT_SEED, fresh: bool = False) -> Path:
+TEACHER_VIEWS = ["efficientnet-lite0@224", "efficientnet-lite1@240", "efficientnet-lite2@260"]
+STUDENT_VIEWS = ["efficientnet-lite0@128"]
+TEXT_VIEWS = ["minilm-l6@40"]
+
+
+def _run_config(config_name: str, config_class, runner, overrides: list[str]):
+    config = load_config(Path("configs") / config_name, config_class, overrides)
+    runner(config, progress=True)
+    return Path(config.out) / "best"
+
+
+def demo(
+    data_dir: Path,
+    results_dir: Path,
+    seed: int = DEFAULT_SEED,
+    fresh: bool = False,
+    cache_dir: Path = Path("cache/features"),
+) -> Path:
     """Run the pipeline on the emoji benchmark; return the results folder."""
     started = time.perf_counter()
+    if fresh:
+        for folder in (results_dir, cache_dir):
+            shutil.rmtree(folder, ignore_errors=True)
     dataset_path = run_stage("data", lambda: build_or_reuse_emoji(data_dir, seed, fresh))
     splits, _ = load_dataset(dataset_path)
     print(dataset_statistics(splits))
-    sheet = run_stage(
-        "preview", lambda: split_contact_sheet(splits["test"], results_dir / "test_contact_sheet.png")
+    run_stage("preview", lambda: split_contact_sheet(splits["test"], results_dir / "test_contact_sheet.png"))
+    run_stage(
+        "features",
+        lambda: cache_features(
+            dataset_path.parent, cache_dir, STUDENT_VIEWS + TEACHER_VIEWS, TEXT_VIEWS, progress=True
+        ),
     )
-    print(f"  contact sheet of test images: {sheet}")
+    common = [f"data={data_dir}", f"features={cache_dir}"]
+    baseline = run_stage(
+        "baseline dual (InfoNCE, no teacher)",
+        lambda: _run_config(
+            "emoji_dual_lite0_128.yaml",
+            DualTrainingConfig,
+            train_dual,
+            [*common, f"out={results_dir / 'baseline_dual'}"],
+        ),
+    )
+    teacher = run_stage(
+        "teacher",
+        lambda: _run_config(
+            "emoji_teacher.yaml",
+            TeacherTrainingConfig,
+            train_teacher,
+            [*common, f"out={results_dir / 'teacher'}"],
+        ),
+    )
+    distilled = {}
+    for student in ("dual", "cross"):
+        distilled[student] = run_stage(
+            f"DCD {student} student",
+            lambda student=student: _run_config(
+                f"emoji_dcd_{student}.yaml",
+                DistillConfig,
+                distill,
+                [
+                    *common,
+                    f"out={results_dir / f'dcd_{student}'}",
+                    f"teacher={teacher}",
+                    f"teacher_cache={results_dir / 'teacher_scores'}",
+                ],
+            ),
+        )
+    rows = run_stage(
+        "evaluate (test split)",
+        lambda: run_eval(
+            [teacher, distilled["cross"], distilled["dual"], baseline],
+            data_dir,
+            cache_dir,
+            "test",
+            f"{distilled['dual']}:{distilled['cross']}",
+            [8, 16, 32],
+            results_dir / "test_metrics.json",
+            results_dir / "scores",
+            progress=True,
+        ),
+    )
+    summary = demo_summary(rows, teacher, distilled, baseline)
+    write_text_atomic(results_dir / "summary.md", summary)
+    print(summary)
     print(f"demo finished in {time.perf_counter() - started:.1f} s; results in {results_dir}")
+    print(
+        f"search what it built:  dcd index build --model {distilled['dual']} --data {data_dir} --split test "
+        f"--side images --out {results_dir / 'index'}"
+    )
+    print(f'                       dcd search --index {results_dir / "index"} "a red heart"')
     return results_dir
+
+
+def demo_summary(rows: dict, teacher: Path, distilled: dict, baseline: Path) -> str:
+    """The headline table: each system's test R@K, RSUM and RSUM as a share of the teacher's."""
+    names = {
+        str(teacher): "fusion teacher",
+        str(distilled["cross"]): "DCD compressed cross-encoder",
+        str(distilled["dual"]): "DCD dual encoder",
+        str(baseline): "dual baseline (no teacher)",
+    }
+    teacher_rsum = rows[str(teacher)]["rsum"]
+    lines = [
+        "| system | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | RSUM | % of teacher |",
+        "|---|" + "---:|" * 8,
+    ]
+    for key, metrics in rows.items():
+        cells = [metrics[f"{d}_R@{k}"] for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
+        label = names.get(key, key.replace("cascade", "cascade dual -> cross,"))
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{c:.1f}" for c in cells)
+            + f" | {metrics['rsum']:.1f} | {100 * metrics['rsum'] / teacher_rsum:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -81,5 +193,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help="data split seed (default %(default)s)"
     )
+    parser.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing")
-    parser.set_defaults(handler=lambda a: demo(a.data_dir, a.results, a.seed, a.fresh))
+    parser.set_defaults(handler=lambda a: demo(a.data_dir, a.results, a.seed, a.fresh, a.cache))

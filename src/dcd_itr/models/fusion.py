@@ -32,9 +32,9 @@ class FusionConfig:
     fusion_text_view: str = "minilm-l6@40"
     image_token_dim: int = 352  # Lite2's last-block width
     text_token_dim: int = 384  # MiniLM-L6 hidden size
-    image_grid: int = 5  # image tokens average-pooled to 5x5: fusion cost grows with tokens per pair
+    image_grid: int = 3  # image tokens average-pooled to 3x3: 2.5x the pairs/s of 5x5 on CPU
     max_text_tokens: int = 40  # positions for the text stream (the tower's max length)
-    width: int = 128  # fusion width: pair scoring is the cross-encoder's cost, keep it CPU-sized
+    width: int = 96  # fusion width: ~1,400 pairs/s on 2 CPU cores with 4 layers
     num_layers: int = 4  # a student cut from it keeps 2 (layers 0 and 3)
     num_heads: int = 4
     ffn_multiplier: int = 4

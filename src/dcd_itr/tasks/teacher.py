@@ -36,7 +36,7 @@ class TeacherTrainingConfig:
     paths: list[DualConfig] = field(default_factory=list)  # the pooled-similarity paths, pre-trained as duals
     path_training: DualTrainingConfig = field(default_factory=DualTrainingConfig)  # settings for stage 1
     fusion: FusionConfig = field(default_factory=FusionConfig)  # its similarity_paths are filled from `paths`
-    negatives: int = 15  # sampled negatives per anchor: the probe's setting
+    negatives: int = 7  # sampled negatives per anchor: 8 pairs per anchor fits the CPU budget
     anchors_per_batch: int = 16  # 16 x (1 + 15) = 256 pairs per step
     path_lr_multiplier: float = 0.1  # the pre-trained heads move slowly; fusion layers learn at the full rate
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=3e-4, checkpoint_every=50))
