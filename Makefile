@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dcd-installed
-EXTRAS ?= dev,towers
+EXTRAS ?= dev,towers,serve,milvus
 
 .PHONY: demo test test-fast lint install system-deps clean
 

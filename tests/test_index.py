@@ -236,7 +236,9 @@ def test_milvus_lite_matches_exact_faiss(tmp_path, milvus_available):
     index.save(tmp_path)
     index.close()
     metadata = json.loads((tmp_path / "index.json").read_text())
-    assert metadata["params"]["uri"] == "milvus.db" and metadata["count"] == 298  # relative: the folder can move
+    assert (
+        metadata["params"]["uri"] == "milvus.db" and metadata["count"] == 298
+    )  # relative: the folder can move
     moved = tmp_path.rename(tmp_path.with_name(tmp_path.name + "-moved"))
     reloaded = load_index(moved)
     assert len(reloaded) == 298 and not {50, 51} & set(reloaded.search(gallery[:2], 5)[1].ravel().tolist())

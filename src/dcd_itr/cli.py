@@ -14,11 +14,23 @@ from dcd_itr.commands import data as data_commands
 from dcd_itr.commands import demo as demo_commands
 from dcd_itr.commands import eval as eval_commands
 from dcd_itr.commands import features as features_commands
+from dcd_itr.commands import index as index_commands
+from dcd_itr.commands import search as search_commands
+from dcd_itr.commands import serve as serve_commands
 from dcd_itr.commands import train as train_commands
 from dcd_itr.errors import DcdError
 
 # Explicit list of command modules, each with add_parser(subparsers); no decorator registry.
-COMMAND_MODULES = (data_commands, features_commands, train_commands, eval_commands, demo_commands)
+COMMAND_MODULES = (
+    data_commands,
+    features_commands,
+    train_commands,
+    eval_commands,
+    index_commands,
+    search_commands,
+    serve_commands,
+    demo_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,7 +59,9 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
     device: str = "cpu"
-    max_batches_per_epoch: int | None = None  # cap an epoch's micro-batches per rank (CPU budgets); None = all
+    max_batches_per_epoch: int | None = (
+        None  # cap an epoch's micro-batches per rank (CPU budgets); None = all
+    )
 
 
 @dataclass
