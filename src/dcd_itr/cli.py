@@ -1,7 +1,8 @@
 """`dcd <command>`: a thin dispatcher. Each command is a plain function in ``dcd_itr.commands`` that tests call.
 
-Errors we raise on purpose (:class:`~dcd_itr.errors.DcdError`: bad data, bad config, mismatched cache) are
-printed as one clear message with exit code 2, not a traceback.
+Errors we raise on purpose (:class:`~dcd_itr.errors.DcdError`: bad data, bad config, mismatched cache) and
+``OSError`` (a folder that cannot be written, a full disk: it names the path) are printed as one clear message
+with exit code 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except DcdError as error:
+        print(f"dcd {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unwritable or missing path outside atomic writes: the path, no traceback
         print(f"dcd {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

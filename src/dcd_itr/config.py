@@ -44,6 +44,9 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         (item_type, *_) = typing.get_args(annotation) or (Any,)
+        fixed = origin is tuple and Ellipsis not in typing.get_args(annotation)
+        if fixed and len(value) != len(typing.get_args(annotation)):
+            raise ConfigError(f"{where}: expected {len(typing.get_args(annotation))} items, got {len(value)}")
         items = [_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
@@ -66,7 +69,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
 def _build(cls: type[T], data: dict, where: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(set(data) - fields, key=repr)  # YAML keys may be numbers or null: sort them as text
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
     values = {
@@ -94,7 +97,9 @@ def load_config(path: str | Path, cls: type[T], overrides: list[str] | None = No
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as error:
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (yaml.YAMLError, RecursionError) as error:
         raise ConfigError(f"{path}: malformed YAML ({error})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
@@ -114,7 +119,10 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({error})") from None
 
 
 def config_to_dict(config: Any) -> dict:

@@ -36,5 +36,13 @@ class CorruptFileError(DcdError):
         super().__init__(f"{path}: {message}")
 
 
+class OutputError(DcdError, OSError):
+    """A result that cannot be written (disk full, read-only or missing folder); what was there is untouched."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
 class ConfigError(DcdError, ValueError):
     """A config file or option with a bad field: names the file and the field."""

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders.base import ImageTower, TextTower
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
-from dcd_itr.io_utils import atomic_path, write_json_atomic
+from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
 from dcd_itr.models.interfaces import FeatureBatch, concat_features
 
 FORMAT_VERSION = 1
@@ -95,14 +95,26 @@ def _describe_difference(existing: dict, wanted: dict, prefix: str = "") -> list
     return differences
 
 
+_MANIFEST_TYPES = {"num_items": int, "shard_size": int, "dataset_fingerprint": str, "complete": bool}
+
+
 def read_manifest(directory: Path) -> dict:
+    """``directory/manifest.json``, checked for the fields a reader relies on (else CorruptFileError)."""
     path = directory / "manifest.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CorruptFileError(path, "feature cache manifest not found (was the cache built?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, beyond the parser's limits
         raise CorruptFileError(path, f"manifest is not valid JSON ({error})") from None
+    wrong = [
+        key
+        for key, kind in _MANIFEST_TYPES.items()
+        if not isinstance(manifest, dict) or type(manifest.get(key)) is not kind
+    ]
+    if wrong or manifest["num_items"] < 0 or manifest["shard_size"] < 1:
+        raise CorruptFileError(path, f"not a feature cache manifest (bad or missing {wrong or 'sizes'})")
+    return manifest
 
 
 def _shard_path(directory: Path, index: int) -> Path:
@@ -150,7 +162,7 @@ def build_feature_cache(
             features = tower.encode(list(chunk), batch_size=batch_size, pad_to_max_length=True)
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in features.items()}
         with atomic_path(_shard_path(directory, index)) as temp:
-            save_file(tensors, str(temp))
+            save_file(tensors, str(temp), metadata=with_checksum(tensors))
         encoded += len(chunk)
         bar.update(len(chunk))
     bar.close()
@@ -170,7 +182,7 @@ def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> F
     for index in range(num_shards):
         path = _shard_path(directory, index)
         try:
-            shard = load_file(str(path))
+            shard, _ = load_checked(path)
         except (SafetensorError, OSError, ValueError) as error:
             raise CorruptFileError(
                 path, f"cannot read feature shard ({error}); delete it and rerun"

@@ -20,7 +20,9 @@ On-disk layout of ``out_dir``::
     last/                  model.safetensors, optimizer.pt (tensors only, loaded with weights_only=True),
                            rng.safetensors, state.json (epoch, batch, step, best_rsum or null, best_epoch,
                            history, metrics_bytes: the size of metrics.jsonl at the checkpoint, so a resumed
-                           run drops the lines of the steps it redoes) — the resume point
+                           run drops the lines of the steps it redoes, checksums: the sha256 of the other three
+                           files, checked on resume) — the resume point
+    last.next/, last.prev/ only while a checkpoint is being swapped in (see _save_checkpoint)
     best/                  model.safetensors + metrics.json of the best validation so far
 """
 
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,12 +40,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from dcd_itr.errors import CorruptFileError
-from dcd_itr.io_utils import atomic_path, write_json_atomic
+from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
 
 
 @dataclass
@@ -91,24 +95,54 @@ def distributed_context() -> tuple[int, int]:
     return 0, 1
 
 
+def _staging_folders(folder: Path) -> tuple[Path, Path]:
+    """(``last.next``, ``last.prev``): where a new checkpoint is written, and where the old one waits."""
+    return folder.with_name(f"{folder.name}.next"), folder.with_name(f"{folder.name}.prev")
+
+
 def _save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, state: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "model.safetensors") as temp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temp))
-    with atomic_path(folder / "optimizer.pt") as temp:
+    """Write every file into ``last.next/`` (state.json last), then swap it in: ``last`` -> ``last.prev``,
+    ``last.next`` -> ``last``, delete ``last.prev``. Overwriting ``last/`` file by file would let a kill (or a
+    full disk) leave the weights of one step beside the state of another; a swap leaves one complete
+    checkpoint at any instant (:func:`recover_checkpoint` finds it if the kill fell between the two renames)."""
+    staging, previous = _staging_folders(folder)
+    shutil.rmtree(staging, ignore_errors=True)  # an unfinished earlier attempt
+    staging.mkdir(parents=True)
+    with atomic_path(staging / "model.safetensors") as temp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(temp), metadata=with_checksum(weights))
+    with atomic_path(staging / "optimizer.pt") as temp:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, temp)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    with atomic_path(folder / "rng.safetensors") as temp:
+    with atomic_path(staging / "rng.safetensors") as temp:
         save_file(rng, str(temp))
-    write_json_atomic(folder / "state.json", state)  # written last: its presence marks a complete checkpoint
+    checksums = {name: file_sha256(staging / name) for name in _CHECKPOINT_FILES}
+    write_json_atomic(staging / "state.json", {**state, "checksums": checksums})  # last: marks it complete
+    if folder.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder, previous)
+    os.replace(staging, folder)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_checkpoint(folder: Path) -> None:
+    """Finish a swap that a kill interrupted between its two renames: with no ``last/state.json``, the newest
+    complete one of ``last.next/`` and ``last.prev/`` becomes ``last/``."""
+    if (folder / "state.json").exists():
+        return
+    for candidate in _staging_folders(folder):  # the newer first
+        if (candidate / "state.json").exists():
+            with contextlib.suppress(FileNotFoundError):  # another rank finished the swap first
+                os.replace(candidate, folder)
+            return
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:
     """Load safetensors weights into ``model``, naming the file when it is corrupt or does not fit."""
     try:
-        state = load_file(str(path))
+        state, _ = load_checked(path)
     except Exception as error:  # safetensors raises several types for truncated/corrupt files
         raise CorruptFileError(path, f"cannot read weights ({error})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -119,6 +153,7 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
 
 
 _STATE_KEYS = ("epoch", "batch", "step", "best_rsum", "best_epoch", "history")
+_CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors")
 
 
 def _load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> dict:
@@ -131,12 +166,26 @@ def _load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> di
         raise CorruptFileError(
             state_path, f"checkpoint state is not an object with the keys {list(_STATE_KEYS)}"
         )
+    counters = [state[key] for key in ("epoch", "batch", "step", "best_epoch")]
+    best = state["best_rsum"]
+    if (
+        any(type(value) is not int for value in counters)
+        or not (best is None or type(best) in (int, float))
+        or not isinstance(state["history"], list)
+    ):
+        raise CorruptFileError(state_path, "checkpoint state has fields of the wrong type")
+    for name, expected in (state.get("checksums") or {}).items():
+        if name in _CHECKPOINT_FILES and (folder / name).is_file() and file_sha256(folder / name) != expected:
+            raise CorruptFileError(folder / name, "does not match the checksum in state.json (corrupted)")
     load_model_weights(model, folder / "model.safetensors")
     try:
         saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = load_file(str(folder / "rng.safetensors"))
     except Exception as error:
-        raise CorruptFileError(folder, f"cannot read optimizer or RNG state ({error})") from None
+        raise CorruptFileError(folder / "optimizer.pt", f"cannot read optimizer state ({error})") from None
+    try:
+        rng, _ = load_checked(folder / "rng.safetensors")
+    except Exception as error:
+        raise CorruptFileError(folder / "rng.safetensors", f"cannot read RNG state ({error})") from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(rng["torch"])
@@ -182,9 +231,8 @@ class Trainer:
         best = self.out_dir / "best"
         best.mkdir(parents=True, exist_ok=True)
         with atomic_path(best / "model.safetensors") as temp:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(temp)
-            )
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(weights, str(temp), metadata=with_checksum(weights))
         write_json_atomic(best / "metrics.json", {"epoch": epoch, **metrics})
 
     def _metrics_bytes(self) -> int:
@@ -247,6 +295,7 @@ class Trainer:
         )
         torch.manual_seed(config.seed)
         state = {"epoch": 0, "batch": 0, "step": 0, "best_rsum": None, "best_epoch": -1, "history": []}
+        recover_checkpoint(self.out_dir / "last")
         if (self.out_dir / "last" / "state.json").exists():
             state = _load_checkpoint(self.out_dir / "last", self.model, self.optimizer, scheduler)
             self._drop_lines_after_checkpoint(state)

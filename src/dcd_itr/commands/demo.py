@@ -62,6 +62,7 @@ def build_or_reuse_emoji(data_dir: Path, seed: int, fresh: bool) -> Path:
 TEACHER_VIEWS = ["efficientnet-lite0@224", "efficientnet-lite1@240", "efficientnet-lite2@260"]
 STUDENT_VIEWS = ["efficientnet-lite0@128"]
 TEXT_VIEWS = ["minilm-l6@40"]
+DEMO_STORAGE_DTYPE = "float16"  # halves the cache (Lite2 grid tokens dominate); towers still run in float32
 
 
 def _run_config(config_name: str, config_class, runner, overrides: list[str]):
@@ -89,7 +90,7 @@ def demo(
     run_stage(
         "features",
         lambda: cache_features(
-            dataset_path.parent, cache_dir, STUDENT_VIEWS + TEACHER_VIEWS, TEXT_VIEWS, progress=True
+            dataset_path.parent, cache_dir, STUDENT_VIEWS + TEACHER_VIEWS, TEXT_VIEWS, storage_dtype=DEMO_STORAGE_DTYPE, progress=True
         ),
     )
     common = [f"data={data_dir}", f"features={cache_dir}"]

@@ -24,6 +24,18 @@ from dcd_itr.errors import DataError
 SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
 
+def check_text(path: Path, value: str, field: str, where: str) -> str:
+    """``value`` unless it holds a lone surrogate (from a ``\\ud800`` JSON escape) or a NUL, which no file name,
+    fingerprint or UTF-8 output can carry: then a DataError naming the field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(path, f"{field} is not valid Unicode (a lone surrogate)", where) from None
+    if "\x00" in value:
+        raise DataError(path, f"{field} contains a NUL character", where)
+    return value
+
+
 def _image_record_name(index: int, record: object) -> str:
     filename = record.get("filename") if isinstance(record, dict) else None
     return f"images[{index}]" + (f" ({filename!r})" if isinstance(filename, str) else "")
@@ -42,6 +54,8 @@ def _parse_image(
     filepath = record.get("filepath", "")
     if not isinstance(filepath, str):
         raise DataError(path, "'filepath' must be a string", where)
+    check_text(path, filename, "'filename'", where)
+    check_text(path, filepath, "'filepath'", where)
     split = record.get("split")
     if split not in SPLIT_ALIASES:
         raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)
@@ -55,11 +69,14 @@ def _parse_image(
             raise DataError(path, f"sentences[{sentence_index}].raw must be a string", where)
         if not raw.strip():
             raise DataError(path, f"sentences[{sentence_index}].raw is empty", where)
+        check_text(path, raw, f"sentences[{sentence_index}].raw", where)
         captions.append(raw.strip())
     image_path = image_root / filepath / filename
     if check_files and not image_path.is_file():
         raise DataError(path, f"image file not found: {image_path}", where)
-    image_id = str(record.get("imgid", f"{filepath}/{filename}" if filepath else filename))
+    image_id = check_text(
+        path, str(record.get("imgid", f"{filepath}/{filename}" if filepath else filename)), "'imgid'", where
+    )
     return SPLIT_ALIASES[split], image_id, image_path, captions
 
 
@@ -86,6 +103,8 @@ def read_karpathy_json(
         raise DataError(
             path, f"malformed JSON: {error.msg}", f"line {error.lineno} column {error.colno}"
         ) from None
+    except (ValueError, RecursionError) as error:  # an integer over Python's 4300 digits; nesting too deep
+        raise DataError(path, f"JSON beyond the parser's limits ({error})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
         raise DataError(path, "expected a JSON object with an 'images' list (Karpathy split format)")
 

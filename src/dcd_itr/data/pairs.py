@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
-from dcd_itr.data.karpathy import SPLIT_ALIASES
+from dcd_itr.data.karpathy import SPLIT_ALIASES, check_text
 from dcd_itr.data.report import ReadReport
 from dcd_itr.errors import DataError
 
@@ -42,6 +42,8 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
                 yield where, json.loads(line)
             except json.JSONDecodeError as error:
                 yield where, DataError(path, f"malformed JSON: {error.msg} at column {error.colno}", where)
+            except (ValueError, RecursionError) as error:  # an integer over 4300 digits; nesting too deep
+                yield where, DataError(path, f"JSON beyond the parser's limits ({error})", where)
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, object]]:
@@ -50,8 +52,12 @@ def _csv_records(path: Path) -> Iterator[tuple[str, object]]:
         missing = {"image", "caption"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(path, f"CSV header lacks column(s) {sorted(missing)}", "line 1")
-        for record in reader:
-            yield f"line {reader.line_num}", record
+        try:
+            for record in reader:
+                yield f"line {reader.line_num}", record
+        except csv.Error as error:
+            # e.g. a field over csv's 128 KiB limit: the rows after it cannot be trusted, so the file stops here
+            raise DataError(path, f"malformed CSV ({error})", f"line {reader.line_num}") from None
 
 
 def _parse_pair(path: Path, where: str, record: object, image_root: Path, check_files: bool):
@@ -66,6 +72,8 @@ def _parse_pair(path: Path, where: str, record: object, image_root: Path, check_
         raise DataError(path, f"'caption' must be a string, got {type(caption).__name__}", where)
     if not caption.strip():
         raise DataError(path, "'caption' is empty", where)
+    check_text(path, image, "'image'", where)
+    check_text(path, caption, "'caption'", where)
     split = record.get("split")
     if split not in (None, "") and split not in SPLIT_ALIASES:
         raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.distill.pools import DIRECTIONS, build_pools, check_direction, score_pools, select_hard_negatives
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
-from dcd_itr.io_utils import atomic_path, write_json_atomic
+from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
 from dcd_itr.models.interfaces import CrossEncoder, FeatureBatch
 
 FORMAT_VERSION = 1
@@ -136,10 +136,12 @@ class TeacherScoreCache:
             return
         try:
             existing = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, beyond the parser's limits
             raise CorruptFileError(
                 path, f"teacher-score cache manifest is not valid JSON ({error})"
             ) from None
+        if not isinstance(existing, dict):
+            raise CorruptFileError(path, "teacher-score cache manifest is not a JSON object")
         differences = _differences(existing, self.manifest)
         if differences:
             raise CacheMismatchError(
@@ -157,7 +159,7 @@ class TeacherScoreCache:
         """A stored round; :class:`CorruptFileError` if its file is unreadable or has the wrong shapes."""
         path = self.round_path(round_index, direction)
         try:
-            tensors = load_file(str(path))
+            tensors, _ = load_checked(path)
             scores = RoundScores(**{field.name: tensors[field.name] for field in fields(RoundScores)})
             scores.check(self.pool_size, self.num_candidates)
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:
@@ -180,8 +182,8 @@ class TeacherScoreCache:
             scores = build_fn(round_index, direction)
             scores.check(self.pool_size, self.num_candidates)
             with atomic_path(path) as temp:
-                save_file(
-                    scores.tensors(), str(temp), metadata={"direction": direction, "round": str(round_index)}
-                )
+                tensors = scores.tensors()
+                metadata = {"direction": direction, "round": str(round_index)}
+                save_file(tensors, str(temp), metadata=with_checksum(tensors, metadata))
             rounds[direction] = scores
         return rounds

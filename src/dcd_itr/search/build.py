@@ -69,10 +69,7 @@ def _prepare_manifest(folder: Path, gallery: Gallery, shard_size: int) -> None:
     }
     path = folder / EMBEDDINGS_DIR / MANIFEST_FILE
     if path.exists():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CorruptFileError(path, f"embedding manifest is not valid JSON ({error})") from None
+        existing = _read_manifest_json(path)
         differs = [key for key in wanted if existing.get(key) != wanted[key]]
         if differs:
             raise CacheMismatchError(
@@ -139,14 +136,23 @@ def _read_shard(path: Path, start: int, stop: int, fingerprint: str) -> np.ndarr
     return embedding.numpy()
 
 
-def load_manifest(folder: Path) -> tuple[dict[str, Any], Gallery]:
-    path = folder / EMBEDDINGS_DIR / MANIFEST_FILE
+def _read_manifest_json(path: Path) -> dict[str, Any]:
+    """The embedding manifest as a JSON object with a positive integer shard size, else CorruptFileError."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CorruptFileError(path, "no embeddings to merge (run dcd index build first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, beyond the parser's limits
         raise CorruptFileError(path, f"embedding manifest is not valid JSON ({error})") from None
+    shard_size = manifest.get("shard_size") if isinstance(manifest, dict) else None
+    if type(shard_size) is not int or shard_size < 1:
+        raise CorruptFileError(path, "not an embedding manifest (no positive integer shard_size)")
+    return manifest
+
+
+def load_manifest(folder: Path) -> tuple[dict[str, Any], Gallery]:
+    path = folder / EMBEDDINGS_DIR / MANIFEST_FILE
+    if not path.is_file():
+        raise CorruptFileError(path, "no embeddings to merge (run dcd index build first)")
+    manifest = _read_manifest_json(path)
     return manifest, Gallery.from_json(manifest.get("gallery"), path)
 
 

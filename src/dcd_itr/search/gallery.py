@@ -115,6 +115,9 @@ class Gallery:
             gallery = cls(**fields)
         except TypeError as error:
             raise CorruptFileError(path, f"gallery table has wrong fields ({error})") from None
+        lists = ("image_ids", "image_paths", "image_captions", "item_texts", "item_images")
+        if not all(isinstance(getattr(gallery, name), list) for name in lists):
+            raise CorruptFileError(path, f"gallery table fields {list(lists)} must be lists")
         sizes = {len(gallery.image_ids), len(gallery.image_paths), len(gallery.image_captions)}
         if (
             gallery.side not in SIDES
@@ -122,7 +125,7 @@ class Gallery:
             or len(gallery.item_texts) != len(gallery.item_images)
         ):
             raise CorruptFileError(path, "gallery table is inconsistent (side or list lengths)")
-        if any(not 0 <= row < len(gallery.image_ids) for row in gallery.item_images):
+        if any(type(row) is not int or not 0 <= row < len(gallery.image_ids) for row in gallery.item_images):
             raise CorruptFileError(path, "gallery table has a caption pointing at no image")
         return gallery
 

@@ -79,6 +79,8 @@ async def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int) -> Im
     try:
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             actual = probe.format
+    except Image.DecompressionBombError as error:  # a header claiming over twice Pillow's pixel limit
+        raise HTTPException(400, f"refused as a possible decompression bomb: {error}") from None
     except (UnidentifiedImageError, OSError):
         raise HTTPException(400, "the upload is not an image Pillow can identify") from None
     if actual != IMAGE_TYPES[declared][0]:

@@ -18,6 +18,7 @@ from dcd_itr.evaluate import encode_all, score_all_pairs
 from dcd_itr.features import FeatureStore
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.train import recover_checkpoint
 
 
 def prepare_run_dir(config: Any) -> Path:
@@ -25,6 +26,7 @@ def prepare_run_dir(config: Any) -> Path:
     run with a different config is refused (resuming it would mix two runs)."""
     out = Path(config.out)
     saved = out / "config.yaml"
+    recover_checkpoint(out / "last")  # a run killed while swapping in a checkpoint still counts as started
     if (out / "last" / "state.json").exists() and saved.exists():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
         if previous != config_to_dict(config):
@@ -57,6 +59,13 @@ def load_split_features(
     split = load_split(data, split_name)
     store = FeatureStore(features, split)
     return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))
+
+
+def seed_initial_weights(seed: int) -> None:
+    """Seed the global RNG just before a trainable model is built. A fresh process starts from a random seed, and
+    earlier stages in the same process (mining, path pre-training, a resumed stage that was skipped) consume the
+    RNG by different amounts; seeding here makes the initial weights a function of the run's seed alone."""
+    torch.manual_seed(seed)
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:

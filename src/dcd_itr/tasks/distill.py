@@ -34,6 +34,7 @@ from dcd_itr.tasks.common import (
     epoch_generator,
     load_split_features,
     prepare_run_dir,
+    seed_initial_weights,
     validate_cross,
     validate_dual,
 )
@@ -143,6 +144,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     )
     rounds, cache_seconds = _teacher_rounds(config, teacher, teacher_folder, teacher_train, progress)
     loss = build_loss(config.loss.name, **_loss_options(config.loss))
+    seed_initial_weights(config.train.seed)
     if config.student == "dual":
         student = DualEncoderModel(config.dual)
         groups = [{"params": list(student.parameters())}]

@@ -15,7 +15,13 @@ from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.registry import save_model_description
-from dcd_itr.tasks.common import image_caption_batches, load_split_features, prepare_run_dir, validate_dual
+from dcd_itr.tasks.common import (
+    image_caption_batches,
+    load_split_features,
+    prepare_run_dir,
+    seed_initial_weights,
+    validate_dual,
+)
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
 
@@ -34,6 +40,7 @@ class DualTrainingConfig:
 def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult:
     """Train, keep the best epoch by validation RSUM; the best model is ``out/best`` (model.yaml + weights)."""
     out = prepare_run_dir(config)
+    seed_initial_weights(config.train.seed)
     model = DualEncoderModel(config.model)
     views = (model.image_views, model.text_views)
     train = load_split_features(Path(config.data), Path(config.features), "train", *views)

@@ -11,6 +11,7 @@ is validated before any fusion step, so the kept teacher is never worse on val t
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,13 @@ from dcd_itr.models.dual import DualConfig
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.registry import load_model, save_model_description
-from dcd_itr.tasks.common import epoch_generator, load_split_features, prepare_run_dir, validate_cross
+from dcd_itr.tasks.common import (
+    epoch_generator,
+    load_split_features,
+    prepare_run_dir,
+    seed_initial_weights,
+    validate_cross,
+)
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
@@ -89,13 +96,19 @@ def ranking_batches(split, negatives: int, anchors_per_batch: int, seed: int, ep
 
 def train_teacher(config: TeacherTrainingConfig, progress: bool = True) -> TrainResult:
     out = prepare_run_dir(config)
-    teacher = assemble_teacher(config, pretrain_paths(config, progress))
+    paths = pretrain_paths(config, progress)
+    seed_initial_weights(config.train.seed)
+    teacher = assemble_teacher(config, paths)
     views = (teacher.image_views, teacher.text_views)
     train = load_split_features(Path(config.data), Path(config.features), "train", *views)
     val = load_split_features(Path(config.data), Path(config.features), "val", *views)
     save_model_description(teacher, out / "best")
-    ensemble_metrics = validate_cross(teacher, val, progress)
-    write_json_atomic(out / "ensemble_val_metrics.json", ensemble_metrics)
+    ensemble_path = out / "ensemble_val_metrics.json"  # same config (prepare_run_dir checked): same ensemble
+    if ensemble_path.exists():
+        ensemble_metrics = json.loads(ensemble_path.read_text(encoding="utf-8"))
+    else:
+        ensemble_metrics = validate_cross(teacher, val, progress)
+        write_json_atomic(ensemble_path, ensemble_metrics)
     loss = ListwiseRankingLoss()
 
     def step(wrapped, batch):
