@@ -90,7 +90,12 @@ def demo(
     run_stage(
         "features",
         lambda: cache_features(
-            dataset_path.parent, cache_dir, STUDENT_VIEWS + TEACHER_VIEWS, TEXT_VIEWS, storage_dtype=DEMO_STORAGE_DTYPE, progress=True
+            dataset_path.parent,
+            cache_dir,
+            STUDENT_VIEWS + TEACHER_VIEWS,
+            TEXT_VIEWS,
+            storage_dtype=DEMO_STORAGE_DTYPE,
+            progress=True,
         ),
     )
     common = [f"data={data_dir}", f"features={cache_dir}"]
