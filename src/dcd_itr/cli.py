@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from dcd_itr import __version__
+from dcd_itr.commands import bench as bench_commands
 from dcd_itr.commands import data as data_commands
 from dcd_itr.commands import demo as demo_commands
 from dcd_itr.commands import eval as eval_commands
@@ -31,6 +32,7 @@ COMMAND_MODULES = (
     search_commands,
     serve_commands,
     demo_commands,
+    bench_commands,
 )
 
 

@@ -1,0 +1,233 @@
+"""Part 1: full ranking of a split from raw images and captions, timed stage by stage, RSUM from the same scores.
+
+Every tower view (``efficientnet-lite2@260``, ``minilm-l6@40``, ...) runs once per item in this run and each
+system is charged for every view it uses, plus the image decoding and its own unimodal heads; features are
+computed once per item (never per pair). A system's time is::
+
+    image encoding  = decode every image + each image view it uses + its image heads
+    text encoding   = each text view it uses + its text heads
+    scoring         = unimodal features -> ranks of every query (pair scoring and the Recall@K ranks)
+
+Scoring calls exactly what ``dcd eval`` calls, with the same block sizes: ``score_all_pairs`` then
+``recall_at_k_from_scores`` for a cross-encoder, ``rank_dual`` for the dual, ``rank_cascade`` for a cascade, so
+the RSUM printed beside a time is the RSUM of the scores that time produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from dcd_itr.bench.common import ratio, timed
+from dcd_itr.commands.features import DEFAULT_TEXT_LENGTH
+from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.images import load_rgb
+from dcd_itr.encoders import build_image_tower, build_text_tower
+from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
+from dcd_itr.features import parse_view
+from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
+from dcd_itr.models.interfaces import FeatureBatch
+
+TOWER_BATCH = 32  # what `dcd features` uses, so tower outputs match the cache `dcd eval` reads
+CROSS_HEAD_BATCH = 256  # `dcd eval`'s unimodal batch for cross-encoders
+DUAL_HEAD_BATCH = 1024  # `dcd eval`'s unimodal batch for dual encoders
+CROSS_TEXT_BLOCK = 512  # `dcd eval`'s captions per score_matrix call
+
+
+@dataclass
+class SystemRun:
+    """One system's full ranking of the split: where the time went and what it kept."""
+
+    name: str  # "teacher", "cross student", "dual student", "cascade k=16"
+    kind: str  # "teacher" | "cross" | "dual" | "cascade"
+    num_images: int
+    num_captions: int
+    image_encoding_s: float
+    text_encoding_s: float
+    scoring_s: float
+    pairs_scored: int  # cross-encoder pairs; for the dual, the N*M image-caption similarities
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cascade_k: int | None = None
+
+    @property
+    def encoding_s(self) -> float:
+        return self.image_encoding_s + self.text_encoding_s
+
+    @property
+    def total_s(self) -> float:
+        return self.encoding_s + self.scoring_s
+
+    @property
+    def rsum(self) -> float:
+        return float(self.metrics["rsum"])
+
+    def as_dict(self, teacher: SystemRun | None = None) -> dict[str, Any]:
+        """The row written to speed.json: measured times, derived rates, and ratios to ``teacher``."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "cascade_k": self.cascade_k,
+            "num_images": self.num_images,
+            "num_captions": self.num_captions,
+            "image_encoding_s": self.image_encoding_s,
+            "text_encoding_s": self.text_encoding_s,
+            "scoring_s": self.scoring_s,
+            "total_s": self.total_s,
+            "pairs_scored": self.pairs_scored,
+            "pairs_per_s": ratio(self.pairs_scored, self.scoring_s),
+            "items_per_s_encoding": ratio(self.num_images + self.num_captions, self.encoding_s),
+            "speedup_over_teacher": ratio(teacher.total_s, self.total_s) if teacher else None,
+            "rsum": self.rsum,
+            "rsum_pct_of_teacher": 100.0 * self.rsum / teacher.rsum if teacher and teacher.rsum else None,
+            "metrics": self.metrics,
+        }
+
+
+class SplitEncoder:
+    """Decodes a split's images once and runs each tower view once over all images or captions, timing each."""
+
+    def __init__(self, split: RetrievalSplit, device: str = "cpu") -> None:
+        self.split, self.device = split, device
+        self.images, self.decode_s = timed(lambda: [load_rgb(path) for path in split.image_paths])
+        self._features: dict[str, FeatureBatch] = {}
+        self.view_seconds: dict[str, float] = {}
+
+    def image_view(self, view: str) -> FeatureBatch:
+        """``"<view>.<name>"`` tower outputs of every image; loading the tower and one warm-up call are not timed."""
+        if view not in self._features:
+            name, size = parse_view(view)
+            tower = build_image_tower(name, image_size=size, device=self.device)
+            tower.encode(self.images[:1])  # warm-up (lazy initialisation), not timed
+            features, seconds = timed(lambda: tower.encode(self.images, batch_size=TOWER_BATCH))
+            self._store(view, features, seconds)
+        return self._features[view]
+
+    def text_view(self, view: str) -> FeatureBatch:
+        if view not in self._features:
+            name, length = parse_view(view, DEFAULT_TEXT_LENGTH)
+            tower = build_text_tower(name, max_length=length, device=self.device)
+            captions = list(self.split.captions)
+            tower.encode(captions[:1], pad_to_max_length=True)  # warm-up, not timed
+            features, seconds = timed(
+                lambda: tower.encode(captions, batch_size=TOWER_BATCH, pad_to_max_length=True)
+            )
+            self._store(view, features, seconds)
+        return self._features[view]
+
+    def _store(self, view: str, features: FeatureBatch, seconds: float) -> None:
+        self._features[view] = {f"{view}.{key}": value for key, value in features.items()}
+        self.view_seconds[view] = seconds
+
+    def image_seconds(self, views: set[str]) -> float:
+        return self.decode_s + sum(self.view_seconds[view] for view in views)
+
+    def text_seconds(self, views: set[str]) -> float:
+        return sum(self.view_seconds[view] for view in views)
+
+
+@dataclass
+class EncodedModel:
+    """A model's unimodal features of the whole split and what its own heads cost (towers excluded)."""
+
+    model: nn.Module
+    images: FeatureBatch
+    texts: FeatureBatch
+    image_head_s: float
+    text_head_s: float
+
+    @property
+    def image_views(self) -> set[str]:
+        return set(self.model.image_views)
+
+    @property
+    def text_views(self) -> set[str]:
+        return set(self.model.text_views)
+
+
+def encode_model(model: nn.Module, encoder: SplitEncoder, dual: bool) -> EncodedModel:
+    """Tower outputs of the model's views (shared with other models) through its unimodal heads, timed."""
+    batch = DUAL_HEAD_BATCH if dual else CROSS_HEAD_BATCH
+    tower_images: FeatureBatch = {}
+    for view in model.image_views:
+        tower_images.update(encoder.image_view(view))
+    tower_texts: FeatureBatch = {}
+    for view in model.text_views:
+        tower_texts.update(encoder.text_view(view))
+    images, image_s = timed(lambda: encode_all(model.encode_images, tower_images, batch_size=batch))
+    texts, text_s = timed(lambda: encode_all(model.encode_texts, tower_texts, batch_size=batch))
+    return EncodedModel(model, images, texts, image_s, text_s)
+
+
+def rank_cross(name: str, kind: str, encoded: EncodedModel, encoder: SplitEncoder) -> SystemRun:
+    """Every pair scored by a cross-encoder (teacher or student), then ranked."""
+    split = encoder.split
+
+    def score() -> tuple[dict[str, Any], int]:
+        result = score_all_pairs(
+            encoded.model, encoded.images, encoded.texts, text_block=CROSS_TEXT_BLOCK, progress=False
+        )
+        return recall_at_k_from_scores(result.scores, split.caption_to_image), result.pairs_scored
+
+    (metrics, pairs), seconds = timed(score)
+    return SystemRun(
+        name,
+        kind,
+        split.num_images,
+        split.num_captions,
+        encoder.image_seconds(encoded.image_views) + encoded.image_head_s,
+        encoder.text_seconds(encoded.text_views) + encoded.text_head_s,
+        seconds,
+        pairs,
+        metrics,
+    )
+
+
+def rank_dual_system(name: str, encoded: EncodedModel, encoder: SplitEncoder) -> SystemRun:
+    """Dot products of the dual's embeddings, ranked blockwise."""
+    split = encoder.split
+    metrics, seconds = timed(
+        lambda: rank_dual(encoded.images["embedding"], encoded.texts["embedding"], split.caption_to_image)
+    )
+    return SystemRun(
+        name,
+        "dual",
+        split.num_images,
+        split.num_captions,
+        encoder.image_seconds(encoded.image_views) + encoded.image_head_s,
+        encoder.text_seconds(encoded.text_views) + encoded.text_head_s,
+        seconds,
+        split.num_images * split.num_captions,
+        metrics,
+    )
+
+
+def rank_cascade_system(dual: EncodedModel, cross: EncodedModel, encoder: SplitEncoder, k: int) -> SystemRun:
+    """The dual ranks everything, the cross-encoder re-scores each query's top k; both models' encoders run
+    over every item (every item is some query's candidate), a tower view shared by the two runs once."""
+    split = encoder.split
+    metrics, seconds = timed(
+        lambda: rank_cascade(
+            dual.images["embedding"],
+            dual.texts["embedding"],
+            cross.model,
+            cross.images,
+            cross.texts,
+            split.caption_to_image,
+            k,
+            progress=False,
+        )
+    )
+    return SystemRun(
+        f"cascade k={k}",
+        "cascade",
+        split.num_images,
+        split.num_captions,
+        encoder.image_seconds(dual.image_views | cross.image_views) + dual.image_head_s + cross.image_head_s,
+        encoder.text_seconds(dual.text_views | cross.text_views) + dual.text_head_s + cross.text_head_s,
+        seconds,
+        int(metrics["pairs_scored"]),
+        metrics,
+        cascade_k=k,
+    )
