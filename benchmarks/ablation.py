@@ -17,25 +17,24 @@ import platform
 import statistics
 from pathlib import Path
 
+import torch
+
 from dcd_itr.commands.eval import evaluate_model
 from dcd_itr.config import load_config
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
+from dcd_itr.metrics import METRIC_COLUMNS
 from dcd_itr.tasks.distill import DistillConfig, distill
 
 LOSSES = ["none", "static", "wsl", "dcd"]
-COLUMNS = [
-    "image_to_text_R@1",
-    "image_to_text_R@5",
-    "image_to_text_R@10",
-    "text_to_image_R@1",
-    "text_to_image_R@5",
-    "text_to_image_R@10",
-    "rsum",
-]
+COLUMNS = list(METRIC_COLUMNS)
 
 
 def run_one(args, student: str, loss: str, seed: int) -> dict:
+    """Train one student with one loss and seed, evaluate its best checkpoint on test; a finished run is reused."""
     out = args.runs / f"{student}_{loss}_seed{seed}"
+    done = out / "test_metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     config = load_config(
         Path("configs") / f"emoji_dcd_{student}.yaml",
         DistillConfig,
@@ -57,6 +56,8 @@ def run_one(args, student: str, loss: str, seed: int) -> dict:
     epochs = timing["seconds_per_epoch"]
     metrics["seconds_per_epoch"] = statistics.mean(epochs) if epochs else float("nan")
     metrics["teacher_cache_seconds"] = timing["teacher_cache_seconds"]
+    metrics["training_seconds"] = timing["training_seconds"]
+    write_json_atomic(done, metrics)
     return metrics
 
 
@@ -66,6 +67,48 @@ def cell(values: list[float]) -> str:
         if len(values) > 1
         else f"{values[0]:.1f}"
     )
+
+
+def verdicts(results: dict[str, list[dict]]) -> list[str]:
+    """Per student: is `dcd` above `static` and `none` by more than one seed standard deviation (the larger of
+    the two rows'), and how a `dcd` epoch's time compares with a `none` epoch's."""
+    lines = []
+    for student in sorted({name.split(" / ")[0] for name in results}):
+        runs = {
+            name.split(" / ")[1]: rows for name, rows in results.items() if name.startswith(f"{student} / ")
+        }
+        if "dcd" not in runs:
+            continue
+        dcd = [r["rsum"] for r in runs["dcd"]]
+        for other in ("static", "none", "wsl"):
+            if other not in runs:
+                continue
+            values = [r["rsum"] for r in runs[other]]
+            gap = statistics.mean(dcd) - statistics.mean(values)
+            spread = max(statistics.pstdev(dcd), statistics.pstdev(values)) if len(dcd) > 1 else 0.0
+            verdict = "yes" if gap > spread else "no"
+            lines.append(
+                f"- {student}: dcd - {other} = {gap:+.1f} RSUM (larger seed std {spread:.1f}): "
+                f"beyond one std: **{verdict}**"
+            )
+        if "none" in runs:
+            ratio = statistics.mean(r["seconds_per_epoch"] for r in runs["dcd"]) / statistics.mean(
+                r["seconds_per_epoch"] for r in runs["none"]
+            )
+            lines.append(f"- {student}: a dcd epoch takes {ratio:.2f}x a none epoch (target <= 1.3x)")
+    return lines
+
+
+def markdown(reference: dict[str, dict], results: dict[str, list[dict]]) -> str:
+    header = "| row | " + " | ".join(METRIC_COLUMNS.values()) + " | s/epoch |"
+    lines = [header, "|---|" + "---:|" * (len(COLUMNS) + 1)]
+    for name, metrics in reference.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.1f}" for c in COLUMNS) + " | |")
+    for name, runs in results.items():
+        cells = [cell([r[c] for r in runs]) for c in COLUMNS]
+        seconds = statistics.mean(r["seconds_per_epoch"] for r in runs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.1f} |")
+    return "\n".join(lines + [""] + verdicts(results)) + "\n"
 
 
 def main() -> None:
@@ -80,7 +123,12 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice, all cores)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     scores = args.runs / "scores"
     reference = {
         "teacher": evaluate_model(args.teacher, args.data, args.features, "test", scores, progress=False),
@@ -93,18 +141,7 @@ def main() -> None:
         for loss in args.losses:
             results[f"{student} / {loss}"] = [run_one(args, student, loss, seed) for seed in args.seeds]
             print(student, loss, cell([r["rsum"] for r in results[f"{student} / {loss}"]]), flush=True)
-    header = "| row | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | RSUM | s/epoch |"
-    lines = [header, "|---|" + "---:|" * 8]
-    for name, metrics in reference.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[c]:.1f}" for c in COLUMNS) + " | |")
-    for name, runs in results.items():
-        cells = [cell([r[c] for r in runs]) for c in COLUMNS]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {statistics.mean(r['seconds_per_epoch'] for r in runs):.1f} |"
-        )
-    table = "\n".join(lines) + "\n"
+    table = markdown(reference, results)
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         args.results / "ablation.json",

@@ -21,20 +21,13 @@ from dcd_itr.commands.eval import evaluate_model
 from dcd_itr.config import load_config
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
+from dcd_itr.metrics import METRIC_COLUMNS
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.models.zeroshot import ZeroShotConfig, build_zero_shot
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 
 VIEWS = ["lite0_128", "lite0_224", "lite1_240", "lite2_260"]
-COLUMNS = [
-    "image_to_text_R@1",
-    "image_to_text_R@5",
-    "image_to_text_R@10",
-    "text_to_image_R@1",
-    "text_to_image_R@5",
-    "text_to_image_R@10",
-    "rsum",
-]
+COLUMNS = list(METRIC_COLUMNS)
 
 
 def zero_shot_row(data: Path, features: Path, out: Path, view: str) -> dict:

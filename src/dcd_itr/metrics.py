@@ -283,10 +283,20 @@ def cascade_recall_from_scores(
     return {**metrics_from_ranks(*ranks), "cascade_k": k, "pairs_scored": pairs_scored}
 
 
+# Flat metric name -> short column header, in the order every results table shows them.
+METRIC_COLUMNS = {
+    **{
+        f"{d}_R@{k}": f"{short} R@{k}"
+        for d, short in zip(DIRECTIONS, ("i2t", "t2i"), strict=True)
+        for k in RECALL_KS
+    },
+    "rsum": "RSUM",
+}
+
+
 def format_metrics_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """A plain-text table of R@1/5/10 both directions and RSUM, one line per named metrics dict."""
-    headers = [f"i2t R@{k}" for k in RECALL_KS] + [f"t2i R@{k}" for k in RECALL_KS] + ["RSUM"]
-    keys = [f"{d}_R@{k}" for d in DIRECTIONS for k in RECALL_KS] + ["rsum"]
+    headers, keys = list(METRIC_COLUMNS.values()), list(METRIC_COLUMNS)
     name_width = max([len("model"), *(len(name) for name in rows)])
     lines = ["  ".join([f"{'model':<{name_width}}", *(f"{h:>8}" for h in headers)])]
     lines.append("-" * len(lines[0]))
