@@ -45,6 +45,8 @@ SMALL_LATENCY = LatencyConfig(
     num_queries=12,
     hnsw={"m": 8, "ef_construction": 40},
     hnsw_ef_search=[16, 64],
+    ivfflat={"train_size": 400},
+    ivfflat_nprobe=[2, 64],
     ivfpq={"m": 2, "train_size": 400},
     ivfpq_nprobe=[4],
 )
@@ -146,11 +148,14 @@ def test_latency_exact_search_has_recall_one_and_reports_every_backend():
         ("faiss-flat", "exact"),
         ("faiss-hnsw", "efSearch=16"),
         ("faiss-hnsw", "efSearch=64"),
+        ("faiss-ivfflat", "nprobe=2"),
+        ("faiss-ivfflat", "nprobe=64"),
         ("faiss-ivfpq", "nprobe=4"),
     }
     assert result["synthetic_gallery"]
     hnsw = [rows["faiss-hnsw", "efSearch=16"], rows["faiss-hnsw", "efSearch=64"]]
     assert hnsw[0]["build_s"] == hnsw[1]["build_s"]  # one build, two search settings
+    assert rows["faiss-ivfflat", "nprobe=64"]["recall_at_k"] == 1.0  # every one of its 10 lists: exact
     rows = {backend: row for (backend, _), row in rows.items()}
     assert rows["faiss-flat"]["recall_at_k"] == 1.0
     assert rows["faiss-flat"]["bytes_per_vector"] >= 4 * 16  # float32 vectors at least

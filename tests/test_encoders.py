@@ -210,6 +210,40 @@ def test_text_encode_pads_batches_to_a_common_length(tiny_bert_path):
         tower.encode([])
 
 
+def test_text_encode_batches_by_length_and_keeps_input_order(tiny_bert_path):
+    """Sorted batching must not change any row: each equals its text encoded alone, in the caller's order."""
+    tower = build_text_tower(f"hf:{tiny_bert_path}", max_length=12)
+    texts = [
+        "a",  # [CLS] a [SEP]: 3 tokens
+        "the red balls a dog a dog the red balls",  # 14 word pieces + 2, truncated to 12
+        "dog",  # 3
+        "a red ball",  # 5
+        "the puppy",  # 4
+        "the red balls a dog",  # 8 ("balls" is ball ##s)
+        "puppy a puppy a puppy",  # 7
+    ]
+    widths = []
+    tower.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    features = tower.encode(texts, batch_size=3)  # 3 does not divide 7
+    # longest first: (12, 8, 7), (5, 4, 3), (3); in input order the batches would be 12, 8 and 7 wide
+    assert widths == [12, 5, 3]
+    lengths = [3, 12, 3, 5, 4, 8, 7]
+    assert features["tokens"].shape == (7, 12, 32) and features["pooled"].shape == (7, 32)
+    assert features["mask"].tolist() == [[True] * n + [False] * (12 - n) for n in lengths]
+    for row, (text, length) in enumerate(zip(texts, lengths, strict=True)):
+        alone = tower.encode([text])
+        assert alone["tokens"].shape == (1, length, 32)
+        torch.testing.assert_close(features["pooled"][row], alone["pooled"][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(features["tokens"][row, :length], alone["tokens"][0], atol=1e-5, rtol=0)
+    fixed = tower.encode(texts, batch_size=3, pad_to_max_length=True)
+    assert fixed["tokens"].shape == (7, 12, 32)
+    torch.testing.assert_close(fixed["pooled"], features["pooled"], atol=1e-5, rtol=0)
+    short = build_text_tower(f"hf:{tiny_bert_path}", max_length=20).encode(texts[2:5], pad_to_max_length=True)
+    assert short["tokens"].shape == (3, 20, 32) and short["mask"].sum(dim=1).tolist() == [3, 5, 4]
+
+
 def test_text_fingerprint(tiny_bert_path):
     fingerprint = build_text_tower(f"hf:{tiny_bert_path}", max_length=12).fingerprint()
     assert fingerprint["max_length"] == 12 and fingerprint["dtype"] == "float32"

@@ -14,7 +14,7 @@ import pytest
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.search.index import INDEX_BACKENDS, create_index, load_index, parse_params
 
-FAISS_BACKENDS = ["faiss-flat", "faiss-hnsw", "faiss-ivfpq"]
+FAISS_BACKENDS = ["faiss-flat", "faiss-hnsw", "faiss-ivfflat", "faiss-ivfpq"]
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_short_results_are_padded_with_missing_ids():
     assert found.tolist() == [[7, -1, -1]] and np.isneginf(scores[0, 1:]).all()
 
 
-@pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivfpq"])
+@pytest.mark.parametrize("backend", ["faiss-hnsw", "faiss-ivfflat", "faiss-ivfpq"])
 def test_approximate_recall_against_exact(backend):
     gallery, queries = clustered(2000, 16, seed=0), clustered(100, 16, seed=1)
     ids = np.arange(2000, dtype=np.int64) * 3  # non-contiguous ids go through the id map
@@ -84,7 +84,31 @@ def test_approximate_recall_against_exact(backend):
     approximate = create_index(backend, dim=16)
     approximate.add(ids, gallery)
     recall = recall_at_10(exact.search(queries, 10)[1], approximate.search(queries, 10)[1])
-    assert recall >= {"faiss-hnsw": 0.95, "faiss-ivfpq": 0.75}[backend], recall
+    assert recall >= {"faiss-hnsw": 0.95, "faiss-ivfflat": 0.95, "faiss-ivfpq": 0.75}[backend], recall
+
+
+def test_ivfflat_recall_on_a_clustered_gallery_and_exact_answers_when_every_list_is_scanned(tmp_path):
+    gallery, queries = clustered(20_000, 32, seed=10), clustered(100, 32, seed=11)
+    ids = np.arange(20_000, dtype=np.int64) * 7 + 1
+    exact = create_index("faiss-flat", dim=32)
+    exact.add(ids, gallery)
+    exact_scores, exact_ids = exact.search(queries, 10)
+    index = create_index("faiss-ivfflat", dim=32, params={"nprobe": 64})
+    index.add(ids, gallery)
+    assert index.params()["nlist"] == 512  # 4 * sqrt(20K) = 566 lists, capped at 39 training points per list
+    scores, found = index.search(queries, 10)
+    assert recall_at_10(exact_ids, found) >= 0.9
+    np.testing.assert_allclose(  # no compression: a found vector's score is its exact inner product
+        scores, np.einsum("qd,qkd->qk", queries, gallery[(found - 1) // 7]), atol=1e-5
+    )
+    index.save(tmp_path)
+    loaded = load_index(tmp_path)
+    assert loaded.nprobe == 64 and loaded.params() == index.params()
+    assert json.loads((tmp_path / "index.json").read_text())["params"]["nprobe"] == 64
+    loaded.nprobe = loaded.nlist  # scanning every list is exact search
+    scores, found = loaded.search(queries, 10)
+    np.testing.assert_array_equal(found, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
 
 
 def test_ivfpq_shrinks_to_a_small_gallery_and_records_what_it_used(tmp_path):
@@ -102,7 +126,7 @@ def test_ivfpq_shrinks_to_a_small_gallery_and_records_what_it_used(tmp_path):
 @pytest.mark.parametrize("backend", FAISS_BACKENDS)
 def test_save_load_round_trip(tmp_path, backend):
     gallery, queries = clustered(500, 16, seed=4), clustered(5, 16, seed=5)
-    index = create_index(backend, dim=16, params={"nprobe": 4} if backend == "faiss-ivfpq" else None)
+    index = create_index(backend, dim=16, params={"nprobe": 4} if "ivf" in backend else None)
     index.add(np.arange(1000, 1500), gallery)
     index.save(tmp_path)
     loaded = load_index(tmp_path)
@@ -263,4 +287,4 @@ def test_milvus_rebuild_starts_empty_and_missing_database_is_named(tmp_path, mil
 
 
 def test_every_backend_is_listed():
-    assert set(INDEX_BACKENDS) == {"faiss-flat", "faiss-hnsw", "faiss-ivfpq", "milvus"}
+    assert set(INDEX_BACKENDS) == {"faiss-flat", "faiss-hnsw", "faiss-ivfflat", "faiss-ivfpq", "milvus"}

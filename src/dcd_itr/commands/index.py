@@ -103,7 +103,8 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
         "--param",
         action="append",
         metavar="NAME=VALUE",
-        help="backend parameter, repeatable: faiss-hnsw m, ef_search; faiss-ivfpq nlist, m, nbits, nprobe; "
+        help="backend parameter, repeatable: faiss-hnsw m, ef_search; faiss-ivfflat nlist, nprobe; "
+        "faiss-ivfpq nlist, m, nbits, nprobe; "
         "milvus uri (default: INDEX/milvus.db), collection, index_type",
     )
 

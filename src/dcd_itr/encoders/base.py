@@ -84,6 +84,15 @@ def pad_token_features(batches: list[FeatureBatch], length: int | None = None) -
     return padded
 
 
+def drop_padding_columns(tokenized: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the columns that are padding in every row of tokenizer output (B, L) -> (B, L'), by its
+    ``attention_mask``: what tokenizing these rows alone with dynamic padding gives (either padding side)."""
+    used = tokenized["attention_mask"].bool().any(dim=0)  # (L,)
+    if used.all():
+        return tokenized
+    return {key: value[:, used] for key, value in tokenized.items()}
+
+
 class FrozenTower(nn.Module):
     """Shared plumbing: freezing, device/dtype queries, the fingerprint."""
 
@@ -185,6 +194,8 @@ class TextTower(FrozenTower):
     pooled_dim: int
 
     def tokenize(self, texts: list[str], pad_to_max_length: bool = False) -> dict[str, torch.Tensor]:
+        """Strings -> tensors (B, L), ``attention_mask`` among them (1 at real tokens), padded to the longest text
+        (to ``max_length`` when ``pad_to_max_length``); each row must not depend on the other texts."""
         raise NotImplementedError
 
     def forward(self, **tokenized: torch.Tensor) -> FeatureBatch:
@@ -194,19 +205,32 @@ class TextTower(FrozenTower):
     def encode(
         self, texts: list[str], batch_size: int = 256, pad_to_max_length: bool = False
     ) -> FeatureBatch:
-        """Tokenize and run ``texts`` in batches; returns CPU tensors.
+        """Tokenize ``texts`` once and run them in batches of similar length; returns CPU tensors in input order.
 
-        Batches are padded dynamically and then right-padded to the longest one (or to ``max_length`` when
-        ``pad_to_max_length``), so every row shares one token length L.
+        Rows are sorted by token count (longest first, ties in input order) before batching, so a batch costs its
+        own longest text rather than the longest of ``batch_size`` consecutive ones; the attention mask makes
+        padding irrelevant, so each row equals the text encoded alone up to float rounding. Batches are then
+        right-padded to the longest one (or to ``max_length`` when ``pad_to_max_length``), so every row shares
+        one token length L.
         """
         if not texts:
             raise ValueError("encode needs at least one text")
+        tokenized = self.tokenize(list(texts))  # (N, L_longest) each
+        lengths = tokenized["attention_mask"].sum(dim=1)  # (N,)
+        order = torch.argsort(lengths, descending=True, stable=True)  # (N,) longest first
         batches = []
         for start in range(0, len(texts), batch_size):
-            tokenized = self.tokenize(texts[start : start + batch_size])
-            features = self(**{key: value.to(self.device) for key, value in tokenized.items()})
+            batch = drop_padding_columns(
+                {key: value[order[start : start + batch_size]] for key, value in tokenized.items()}
+            )
+            features = self(**{key: value.to(self.device) for key, value in batch.items()})
             batches.append({key: value.cpu() for key, value in features.items()})
-        return concat_features(pad_token_features(batches, self.max_length if pad_to_max_length else None))
+        features = concat_features(
+            pad_token_features(batches, self.max_length if pad_to_max_length else None)
+        )
+        input_order = torch.empty_like(order)
+        input_order[order] = torch.arange(len(order))  # sorted position of each input row
+        return {key: value[input_order] for key, value in features.items()}
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "max_length": self.max_length}

@@ -2,7 +2,8 @@
 
 - :mod:`~dcd_itr.search.base`: the :class:`VectorIndex` interface (add / search / delete / save / load);
 - :mod:`~dcd_itr.search.faiss_backends`, :mod:`~dcd_itr.search.milvus_backend`: the backends, named in
-  :data:`~dcd_itr.search.index.INDEX_BACKENDS` (``faiss-flat``, ``faiss-hnsw``, ``faiss-ivfpq``, ``milvus``);
+  :data:`~dcd_itr.search.index.INDEX_BACKENDS` (``faiss-flat``, ``faiss-hnsw``,
+  ``faiss-ivfflat``, ``faiss-ivfpq``, ``milvus``);
 - :mod:`~dcd_itr.search.gallery`, :mod:`~dcd_itr.search.build`: the gallery table and resumable, shardable
   embedding into an index folder (``dcd index build``);
 - :mod:`~dcd_itr.search.retriever`: queries and the dual -> cross-encoder cascade (``dcd search``);

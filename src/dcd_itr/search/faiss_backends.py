@@ -1,11 +1,14 @@
-"""FAISS backends: exact inner product, HNSW and IVF-PQ, each wrapped in ``IndexIDMap2`` for int64 ids.
+"""FAISS backends: exact inner product, HNSW, IVF-Flat and IVF-PQ, each wrapped in ``IndexIDMap2`` for int64 ids.
 
 - ``faiss-flat``: exact search; the default, and the reference the approximate ones are measured against.
 - ``faiss-hnsw``: a graph index; HNSW cannot remove vectors, so ``delete`` records tombstones (kept in
   ``index.json``) and searches skip them with an id selector.
-- ``faiss-ivfpq``: inverted lists of product-quantised codes for galleries that outgrow memory; it is trained on
-  the first vectors added (or a sample of them), its list count and code size shrinking to what a small gallery
-  can train.
+- ``faiss-ivfflat``: inverted lists of full vectors, scanned exactly: the fast high-recall choice for galleries
+  that fit in memory (about 1 KiB per 256-d vector, like ``faiss-flat``).
+- ``faiss-ivfpq``: inverted lists of product-quantised codes for galleries that outgrow memory.
+
+The IVF backends are trained on the first vectors added (a sample of them), their list count (about
+4 * sqrt(N)) and code size shrinking to what a small gallery can train.
 """
 
 from __future__ import annotations
@@ -173,52 +176,49 @@ class FaissHNSWIndex(FaissIndex):
         self.deleted = {int(i) for i in metadata.get("deleted", [])}
 
 
-class FaissIVFPQIndex(FaissIndex):
-    """Inverted lists + product quantisation (``faiss-ivfpq``); trained on the first vectors added."""
+class FaissIVFFlatIndex(FaissIndex):
+    """Inverted lists of full float32 vectors (``faiss-ivfflat``), trained on the first vectors added.
 
-    backend = "faiss-ivfpq"
+    A query scans the ``nprobe`` lists whose centroids are nearest and scores their vectors exactly, so recall
+    is limited only by the lists it skips, not by compression: the fast setting for tight clusters whose inner
+    order IVF-PQ's codes lose. The base of IVF-PQ, which changes only what a list stores.
+    """
+
+    backend = "faiss-ivfflat"
 
     def __init__(
         self,
         dim: int,
-        nlist: int | None = None,  # None -> about 4 * sqrt(N) lists, the FAISS wiki's rule of thumb
-        m: int | None = None,  # None -> dim / 2 sub-quantizers: 2 dims per byte, 8x smaller than float32
-        nbits: int = 8,  # 256 centroids per sub-quantizer, the fast PQ kernel's size
+        nlist: int | None = None,  # None -> about 4 * sqrt(N) for N vectors, the FAISS wiki's rule of thumb
         nprobe: int = 32,  # lists visited per query: recall vs latency
         train_size: int = 100_000,  # k-means sample: >= 25 points per list for 4096 lists, bounded time
-        trained: bool = False,  # set once trained; nlist/nbits then hold the values actually used
+        trained: bool = False,  # set once trained; nlist then holds the value actually used
     ) -> None:
-        self.m = m if m is not None else next(c for c in range(max(1, dim // 2), 0, -1) if dim % c == 0)
-        if dim % self.m:
-            raise ValueError(f"IVF-PQ needs m to divide the dimension {dim}, got m={self.m}")
-        self.nlist, self.nbits, self.nprobe, self.train_size = nlist, nbits, nprobe, train_size
-        self.trained = trained
+        self.nlist, self.nprobe, self.train_size, self.trained = nlist, nprobe, train_size, trained
         super().__init__(dim)
         self.index = None  # built by train(), when the gallery size is known
 
     def params(self) -> dict[str, Any]:
-        keys = ("nlist", "m", "nbits", "nprobe", "train_size", "trained")
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in ("nlist", "nprobe", "train_size", "trained")}
 
     def train(self, vectors: np.ndarray, seed: int = 0) -> None:
-        """Fit the coarse quantizer and PQ codebooks on ``vectors`` (a random sample of ``train_size``)."""
+        """Fit the coarse quantizer (and any codebooks) on ``vectors``, a random sample of ``train_size``."""
         vectors = self.check_vectors(vectors)
         if len(vectors) < 2:
-            raise ValueError("IVF-PQ needs at least 2 training vectors")
+            raise ValueError(f"{self.backend} needs at least 2 training vectors")
+        wanted = self.nlist or max(1, round(4 * math.sqrt(len(vectors))))  # sized by the whole first batch
         if len(vectors) > self.train_size:
             rows = np.random.default_rng(seed).choice(len(vectors), self.train_size, replace=False)
             vectors = vectors[np.sort(rows)]
-        count = len(vectors)
-        wanted = self.nlist or max(1, round(4 * math.sqrt(count)))
-        self.nlist = max(1, min(wanted, count // 39 or 1))  # FAISS wants >= 39 points per list
-        self.nbits = max(1, min(self.nbits, int(math.log2(count))))  # PQ needs >= 2^nbits points
-        quantizer = faiss.IndexFlatIP(self.dim)
-        inner = faiss.IndexIVFPQ(
-            quantizer, self.dim, self.nlist, self.m, self.nbits, faiss.METRIC_INNER_PRODUCT
-        )
-        inner.cp.seed = inner.pq.cp.seed = seed
+        self.nlist = max(1, min(wanted, len(vectors) // 39 or 1))  # FAISS wants >= 39 points per list
+        inner = self._inverted_index(faiss.IndexFlatIP(self.dim), len(vectors), seed)
+        inner.cp.seed = seed
         inner.train(vectors)
         self.index, self.trained = faiss.IndexIDMap2(inner), True
+
+    def _inverted_index(self, quantizer: faiss.Index, sample_size: int, seed: int) -> faiss.IndexIVF:
+        """The untrained IVF index over ``quantizer``, with ``self.nlist`` lists."""
+        return faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if self.index is None:
@@ -235,3 +235,37 @@ class FaissIVFPQIndex(FaissIndex):
 
     def delete(self, ids: np.ndarray) -> int:
         return super().delete(ids) if self.index is not None else 0
+
+
+class FaissIVFPQIndex(FaissIVFFlatIndex):
+    """Inverted lists + product quantisation (``faiss-ivfpq``); trained on the first vectors added."""
+
+    backend = "faiss-ivfpq"
+
+    def __init__(
+        self,
+        dim: int,
+        nlist: int | None = None,  # None -> about 4 * sqrt(N) for N vectors, the FAISS wiki's rule of thumb
+        m: int | None = None,  # None -> dim / 2 sub-quantizers: 2 dims per byte, 8x smaller than float32
+        nbits: int = 8,  # 256 centroids per sub-quantizer, the fast PQ kernel's size
+        nprobe: int = 32,  # lists visited per query: recall vs latency
+        train_size: int = 100_000,  # k-means sample: >= 25 points per list for 4096 lists, bounded time
+        trained: bool = False,  # set once trained; nlist/nbits then hold the values actually used
+    ) -> None:
+        self.m = m if m is not None else next(c for c in range(max(1, dim // 2), 0, -1) if dim % c == 0)
+        if dim % self.m:
+            raise ValueError(f"IVF-PQ needs m to divide the dimension {dim}, got m={self.m}")
+        self.nbits = nbits
+        super().__init__(dim, nlist, nprobe, train_size, trained)
+
+    def params(self) -> dict[str, Any]:
+        keys = ("nlist", "m", "nbits", "nprobe", "train_size", "trained")
+        return {key: getattr(self, key) for key in keys}
+
+    def _inverted_index(self, quantizer: faiss.Index, sample_size: int, seed: int) -> faiss.IndexIVF:
+        self.nbits = max(1, min(self.nbits, int(math.log2(sample_size))))  # PQ needs >= 2^nbits points
+        inner = faiss.IndexIVFPQ(
+            quantizer, self.dim, self.nlist, self.m, self.nbits, faiss.METRIC_INNER_PRODUCT
+        )
+        inner.pq.cp.seed = seed
+        return inner

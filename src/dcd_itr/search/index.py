@@ -14,12 +14,13 @@ from typing import Any
 
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.search.base import METADATA_FILE, VectorIndex, read_metadata
-from dcd_itr.search.faiss_backends import FaissHNSWIndex, FaissIndex, FaissIVFPQIndex
+from dcd_itr.search.faiss_backends import FaissHNSWIndex, FaissIndex, FaissIVFFlatIndex, FaissIVFPQIndex
 from dcd_itr.search.milvus_backend import LITE_FILE, MilvusIndex
 
 INDEX_BACKENDS: dict[str, type[VectorIndex]] = {
     "faiss-flat": FaissIndex,
     "faiss-hnsw": FaissHNSWIndex,
+    "faiss-ivfflat": FaissIVFFlatIndex,
     "faiss-ivfpq": FaissIVFPQIndex,
     "milvus": MilvusIndex,
 }
