@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from dcd_itr.bench.common import ratio, timed
@@ -27,13 +28,14 @@ from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
 from dcd_itr.features import parse_view
-from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
+from dcd_itr.metrics import rank_dual, recall_at_k_from_scores, top_k_candidates
 from dcd_itr.models.interfaces import FeatureBatch
 
 TOWER_BATCH = 32  # what `dcd features` uses, so tower outputs match the cache `dcd eval` reads
 CROSS_HEAD_BATCH = 256  # `dcd eval`'s unimodal batch for cross-encoders
 DUAL_HEAD_BATCH = 1024  # `dcd eval`'s unimodal batch for dual encoders
 CROSS_TEXT_BLOCK = 512  # `dcd eval`'s captions per score_matrix call
+TOP_IMAGES = 10  # each caption's best images kept per system (outside the timed part), for example queries
 
 
 @dataclass
@@ -50,6 +52,9 @@ class SystemRun:
     pairs_scored: int  # cross-encoder pairs; for the dual, the N*M image-caption similarities
     metrics: dict[str, Any] = field(default_factory=dict)
     cascade_k: int | None = None
+    # (M, TOP_IMAGES) image rows of each caption's best images, best first, ties to the lower index; computed
+    # after the timed part from the same scores (None for a cascade); not part of ``as_dict``
+    top_images: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def encoding_s(self) -> float:
@@ -160,17 +165,20 @@ def encode_model(model: nn.Module, encoder: SplitEncoder, dual: bool) -> Encoded
     return EncodedModel(model, images, texts, image_s, text_s)
 
 
-def rank_cross(name: str, kind: str, encoded: EncodedModel, encoder: SplitEncoder) -> SystemRun:
+def rank_cross(
+    name: str, kind: str, encoded: EncodedModel, encoder: SplitEncoder, progress: bool = False
+) -> SystemRun:
     """Every pair scored by a cross-encoder (teacher or student), then ranked."""
     split = encoder.split
 
-    def score() -> tuple[dict[str, Any], int]:
+    def score() -> tuple[dict[str, Any], torch.Tensor, int]:
         result = score_all_pairs(
-            encoded.model, encoded.images, encoded.texts, text_block=CROSS_TEXT_BLOCK, progress=False
+            encoded.model, encoded.images, encoded.texts, text_block=CROSS_TEXT_BLOCK, progress=progress
         )
-        return recall_at_k_from_scores(result.scores, split.caption_to_image), result.pairs_scored
+        metrics = recall_at_k_from_scores(result.scores, split.caption_to_image)
+        return metrics, result.scores, result.pairs_scored
 
-    (metrics, pairs), seconds = timed(score)
+    (metrics, scores, pairs), seconds = timed(score)
     return SystemRun(
         name,
         kind,
@@ -181,6 +189,7 @@ def rank_cross(name: str, kind: str, encoded: EncodedModel, encoder: SplitEncode
         seconds,
         pairs,
         metrics,
+        top_images=top_k_candidates(scores.T, TOP_IMAGES),  # (M, k) from the (N, M) scores, not timed
     )
 
 
@@ -200,10 +209,15 @@ def rank_dual_system(name: str, encoded: EncodedModel, encoder: SplitEncoder) ->
         seconds,
         split.num_images * split.num_captions,
         metrics,
+        top_images=top_k_candidates(  # (M, k) from the similarities the timed ranking used, computed again
+            (encoded.images["embedding"] @ encoded.texts["embedding"].T).T, TOP_IMAGES
+        ),
     )
 
 
-def rank_cascade_system(dual: EncodedModel, cross: EncodedModel, encoder: SplitEncoder, k: int) -> SystemRun:
+def rank_cascade_system(
+    dual: EncodedModel, cross: EncodedModel, encoder: SplitEncoder, k: int, progress: bool = False
+) -> SystemRun:
     """The dual ranks everything, the cross-encoder re-scores each query's top k; both models' encoders run
     over every item (every item is some query's candidate), a tower view shared by the two runs once."""
     split = encoder.split
@@ -216,7 +230,7 @@ def rank_cascade_system(dual: EncodedModel, cross: EncodedModel, encoder: SplitE
             cross.texts,
             split.caption_to_image,
             k,
-            progress=False,
+            progress=progress,
         )
     )
     return SystemRun(

@@ -13,6 +13,7 @@ from typing import Any
 from dcd_itr.bench.common import format_ratio, format_seconds
 from dcd_itr.bench.latency import setting_label
 from dcd_itr.bench.projection import RANKING_BENCHMARKS
+from dcd_itr.bench.ranking import TOP_IMAGES, SystemRun
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 
 TARGETS = {  # the issue's targets
@@ -147,7 +148,7 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
             found.append({"target": text, "measured": value, "met": value >= TARGETS["cascade_rsum_pct"]})
     latency = payload.get("latency") or {"rows": []}
     largest = max((row["gallery_size"] for row in latency["rows"]), default=0)
-    for backend in ("faiss-hnsw", "faiss-ivfpq"):
+    for backend in ("faiss-hnsw", "faiss-ivfflat", "faiss-ivfpq"):
         rows = [r for r in latency["rows"] if r["gallery_size"] == largest and r["backend"] == backend]
         if rows:
             row = best_setting(rows)
@@ -221,3 +222,13 @@ def write_outputs(payload: dict[str, Any], out: Path) -> dict[str, Path]:
     write_text_atomic(paths["markdown"], markdown(payload))
     plot(payload, paths["plot"])
     return paths
+
+
+def write_top_images(runs: list[SystemRun], split: dict[str, Any], k: int, out: Path) -> Path:
+    """``top_images.json``: each caption's ``k`` best image rows per system (best first), from the scores the
+    ranking table was measured on; systems that rank no full grid (cascades) are left out."""
+    path = out / "top_images.json"
+    k = min(k, TOP_IMAGES)  # what the ranking kept
+    systems = {run.name: run.top_images[:, :k].tolist() for run in runs if run.top_images is not None}
+    write_json_atomic(path, {"split": split, "k": k, "text_to_image": systems}, indent=None)
+    return path

@@ -47,6 +47,11 @@ class BenchConfig:
     threads: int | None = None  # None: torch's default (all cores); the same count for every measurement
     device: str = "cpu"  # the CPU is what the README's numbers describe
     command: str = ""  # recorded in the outputs; "" -> this process's command line
+    # name -> more dual encoders (e.g. trained without a teacher), ranked like the dual student, after it
+    baselines: dict[str, Path] = field(default_factory=dict)
+    top_images: int = 0  # > 0: write each caption's top images per system to top_images.json (demo examples)
+    progress: bool = False  # progress bars while the cross-encoders and cascades score
+    print_report: bool = True  # log speed.md's tables at the end (the demo prints its own summary instead)
 
 
 def _load(folder: Path | None, want_cross: bool, role: str) -> torch.nn.Module | None:
@@ -72,7 +77,7 @@ def rank_all(config: BenchConfig, log) -> tuple[list[ranking.SystemRun], ranking
     for name, kind, model in (("teacher", "teacher", teacher), ("cross student", "cross", cross)):
         if model is not None:
             encoded[kind] = ranking.encode_model(model, encoder, dual=False)
-            runs.append(ranking.rank_cross(name, kind, encoded[kind], encoder))
+            runs.append(ranking.rank_cross(name, kind, encoded[kind], encoder, config.progress))
             log(f"  {name}: {runs[-1].total_s:.1f} s, RSUM {runs[-1].rsum:.1f}")
     if dual is not None:
         encoded["dual"] = ranking.encode_model(dual, encoder, dual=True)
@@ -80,8 +85,14 @@ def rank_all(config: BenchConfig, log) -> tuple[list[ranking.SystemRun], ranking
         log(f"  dual student: {runs[-1].total_s:.1f} s, RSUM {runs[-1].rsum:.1f}")
     if "dual" in encoded and "cross" in encoded:
         for k in config.cascade_ks:
-            runs.append(ranking.rank_cascade_system(encoded["dual"], encoded["cross"], encoder, k))
+            runs.append(
+                ranking.rank_cascade_system(encoded["dual"], encoded["cross"], encoder, k, config.progress)
+            )
             log(f"  cascade k={k}: {runs[-1].total_s:.1f} s, RSUM {runs[-1].rsum:.1f}")
+    for name, folder in config.baselines.items():  # after the DCD systems: they are the comparison
+        baseline = ranking.encode_model(_load(folder, False, "baseline"), encoder, dual=True)
+        runs.append(ranking.rank_dual_system(name, baseline, encoder))
+        log(f"  {name}: {runs[-1].total_s:.1f} s, RSUM {runs[-1].rsum:.1f}")
     return runs, encoded.get("dual"), split
 
 
@@ -158,9 +169,15 @@ def _run(config: BenchConfig, threads: int, log) -> dict[str, Any]:
                 log,
             )
     payload["models"] = {key: str(value) if value else None for key, value in payload["models"].items()}
+    payload["models"] |= {name: str(folder) for name, folder in config.baselines.items()}
     payload["machine"]["load_average_at_end"] = machine_info(threads)["load_average_1_5_15"]
     payload["targets"] = report.targets(payload)
     paths = report.write_outputs(payload, Path(config.out))
-    log(report.markdown(payload))
+    if config.top_images > 0:
+        paths["top_images"] = report.write_top_images(
+            runs, payload["split"], config.top_images, Path(config.out)
+        )
+    if config.print_report:
+        log(report.markdown(payload))
     log("written: " + ", ".join(str(path) for path in paths.values()))
     return payload

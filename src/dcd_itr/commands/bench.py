@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dcd_itr.bench.latency import LatencyConfig
 from dcd_itr.bench.runner import BenchConfig, run_benchmark
+from dcd_itr.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,12 +20,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "images and captions by the fusion teacher, the cross-encoder student, the dual student and the cascade "
         "(time split into encoding and scoring, RSUM from the same scores); (2) pairs/s of full-size ViLT-B/32 "
         "and BLIP-ITM with random weights (timing only) and projected COCO-5K / Flickr30K-1K ranking times; "
-        "(3) p50/p99 latency of one text query against synthetic galleries with FAISS exact, HNSW and IVF-PQ; "
-        "(4) a plot of RSUM against time. Writes speed.json, speed.md and speed_plot.png under --out.",
+        "(3) p50/p99 latency of one text query against synthetic galleries with FAISS exact, HNSW, IVF-Flat and "
+        "IVF-PQ; (4) a plot of RSUM against time. Writes speed.json, speed.md and speed_plot.png under --out.",
     )
     parser.add_argument("--teacher", type=Path, help="fusion teacher model folder")
     parser.add_argument("--cross", type=Path, help="compressed cross-encoder student folder")
     parser.add_argument("--dual", type=Path, help="dual-encoder student folder")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another dual encoder (e.g. one trained without a teacher) ranked like the dual, under NAME; "
+        "repeatable",
+    )
     parser.add_argument("--data", type=Path, required=True, help="dataset file or folder")
     parser.add_argument("--split", default="test", help="split to rank (default %(default)s)")
     parser.add_argument(
@@ -49,6 +58,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="build HNSW only up to this gallery size (its build is the slow one)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads for torch and FAISS (default: all cores)")
+    parser.add_argument(
+        "--top-images",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write each caption's top K images per system to top_images.json (K <= 10; default off)",
+    )
+    parser.add_argument("--progress", action="store_true", help="progress bars while pairs are scored")
     parser.set_defaults(handler=_run)
 
 
@@ -61,7 +78,20 @@ def command_line(args: argparse.Namespace) -> str:
             parts.append(f"--{flag.replace('_', '-')} {shlex.quote(str(value))}")
     parts.append("--cascade-k " + " ".join(map(str, args.cascade_k)))
     parts.append(" ".join(["--latency-sizes", *map(str, args.latency_sizes)]))
+    parts += [f"--baseline {shlex.quote(spec)}" for spec in args.baseline]
+    parts += [f"--top-images {args.top_images}"] if args.top_images else []
     return " ".join(parts + (["--skip-existing-itr"] if args.skip_existing_itr else []))
+
+
+def parse_baselines(specs: list[str]) -> dict[str, Path]:
+    """``["name=dir", ...]`` -> ``{name: Path(dir)}``."""
+    baselines = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder:
+            raise ConfigError(f"--baseline {spec!r}: expected NAME=DIR")
+        baselines[name.strip()] = Path(folder)
+    return baselines
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -79,5 +109,8 @@ def _run(args: argparse.Namespace) -> None:
             latency=latency if args.latency_sizes else None,
             threads=args.threads,
             command=command_line(args),
+            baselines=parse_baselines(args.baseline),
+            top_images=args.top_images,
+            progress=args.progress,
         )
     )
