@@ -1,11 +1,27 @@
-"""`dcd train-dual` and `dcd train-teacher`: training runs driven by a YAML config plus `--set` overrides."""
+"""`dcd train-dual`, `dcd train-teacher` and `dcd distill`: training runs driven by a YAML config plus `--set`
+overrides.
+
+Under ``torchrun --nproc_per_node N``, ``dcd distill`` and ``dcd train-dual`` join the process group that torchrun
+describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and the training loop runs data-parallel; only rank 0
+writes. ``dcd distill`` with ``train.device: cuda`` uses NCCL and one GPU per rank (``LOCAL_RANK``) and shares
+the teacher's pool scoring across the ranks; ``train-dual`` trains CPU processes over gloo. ``train-teacher``
+runs in one process.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from dcd_itr.config import load_config
+from dcd_itr.distill.teacher import resolve_device
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
@@ -24,13 +40,33 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+PROCESS_GROUP_TIMEOUT = timedelta(hours=1)  # ranks wait at most this long for each other (a slow shard, I/O)
+
+
+@contextlib.contextmanager
+def torchrun_process_group(backend: str = "gloo") -> Iterator[int]:
+    """Join torchrun's process group for the run (a no-op outside torchrun); yields this process's rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield dist.get_rank() if dist.is_initialized() else 0
+        return
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    try:
+        yield dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
 def run_train_dual(config_path: Path, overrides: list[str], progress: bool = True):
     config = load_config(config_path, DualTrainingConfig, overrides)
-    result = train_dual(config, progress)
-    print(
-        f"best epoch {result.best_epoch + 1}: val rsum {result.best_metrics.get('rsum', float('nan')):.1f}; "
-        f"model in {Path(config.out) / 'best'}"
-    )
+    with torchrun_process_group() as rank:
+        result = train_dual(config, progress)
+    if rank == 0:
+        print(
+            f"best epoch {result.best_epoch + 1}: val rsum {result.best_metrics.get('rsum', float('nan')):.1f}; "
+            f"model in {Path(config.out) / 'best'}"
+        )
     return result
 
 
@@ -46,11 +82,14 @@ def run_train_teacher(config_path: Path, overrides: list[str], progress: bool = 
 
 def run_distill(config_path: Path, overrides: list[str], progress: bool = True):
     config = load_config(config_path, DistillConfig, overrides)
-    result = distill(config, progress)
-    print(
-        f"{config.student} student ({config.loss.name} loss): best epoch {result.best_epoch + 1}, "
-        f"val rsum {result.best_metrics.get('rsum', float('nan')):.1f}; model in {Path(config.out) / 'best'}"
-    )
+    on_gpu = resolve_device(config.train.device).startswith("cuda")
+    with torchrun_process_group("nccl" if on_gpu else "gloo") as rank:
+        result = distill(config, progress)
+    if rank == 0:
+        print(
+            f"{config.student} student ({config.loss.name} loss): best epoch {result.best_epoch + 1}, "
+            f"val rsum {result.best_metrics.get('rsum', float('nan')):.1f}; model in {Path(config.out) / 'best'}"
+        )
     return result
 
 

@@ -22,6 +22,7 @@ alike, so every (P-1)-subset of the allowed ones is equally likely. The random s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,3 +267,47 @@ def score_pools(
             logits = teacher.score_pairs(slice_features(images, image_rows), slice_features(texts, text_rows))
             scores[block] = logits.float().reshape(-1, pool_size).cpu()
     return scores
+
+
+def score_pools_by_image(
+    teacher: CrossEncoder,
+    images: Sequence[Any],
+    texts: Sequence[str],
+    pools: Pools,
+    images_per_block: int = 64,  # at COCO's ~5 captions and P=16: ~5K pairs and 64 decoded images per block
+    pair_batch_size: int = 256,  # pairs per score_pairs call, as in score_pools
+    progress: bool = True,
+) -> Tensor:
+    """Teacher logits (A, P) for a teacher that reads raw data: ``images[i]`` a PIL image, ``texts[j]`` a string.
+
+    :func:`score_pools` encodes the whole split first; for a raw-data teacher that would hold, e.g., ViLT's patch
+    embeddings of every training image at once. Here the A*P pairs are grouped by image and scored in blocks of
+    ``images_per_block`` distinct images: each image is loaded and encoded once per call, each caption once per
+    block, and memory stays bounded by the block. The teacher must be frozen (eval mode).
+    """
+    num_anchors, pool_size = pools.candidates.shape
+    anchors = pools.anchor_rows[:, None].expand(num_anchors, pool_size)  # (A, P)
+    image_is_anchor = pools.direction == "image_to_text"
+    image_rows, text_rows = (anchors, pools.candidates) if image_is_anchor else (pools.candidates, anchors)
+    image_rows, text_rows = image_rows.reshape(-1), text_rows.reshape(-1)  # (A*P,) each
+    order = image_rows.argsort(stable=True)  # (A*P,) pair indices grouped by image
+    unique_images, counts = image_rows[order].unique_consecutive(return_counts=True)  # (U,), (U,)
+    ends = counts.cumsum(0)  # (U,) end of each image's run in `order`
+    scores = torch.empty(num_anchors * pool_size, dtype=torch.float32)  # (A*P,)
+    starts = range(0, len(unique_images), images_per_block)
+    with torch.inference_mode():
+        for first in tqdm(starts, desc=f"teacher {pools.direction}", unit="block", disable=not progress):
+            block = unique_images[first : first + images_per_block]  # (b,) sorted image rows
+            pairs = order[(int(ends[first - 1]) if first else 0) : int(ends[first + len(block) - 1])]
+            image_local = torch.searchsorted(block, image_rows[pairs])  # (n,) rows into the block
+            block_texts, text_local = text_rows[pairs].unique(return_inverse=True)  # (t,), (n,)
+            image_features = teacher.encode_images([images[i] for i in block.tolist()])
+            text_features = teacher.encode_texts([texts[j] for j in block_texts.tolist()])
+            for start in range(0, len(pairs), pair_batch_size):
+                chunk = slice(start, start + pair_batch_size)
+                logits = teacher.score_pairs(
+                    slice_features(image_features, image_local[chunk]),
+                    slice_features(text_features, text_local[chunk]),
+                )
+                scores[pairs[chunk]] = logits.float().reshape(-1).cpu()
+    return scores.reshape(num_anchors, pool_size)

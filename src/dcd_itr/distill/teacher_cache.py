@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -75,19 +75,25 @@ def teacher_fingerprint(weights_path: str | Path) -> str:
 def mine_round(
     teacher: CrossEncoder,
     split: RetrievalSplit,
-    image_features: FeatureBatch,
-    text_features: FeatureBatch,
+    image_features: FeatureBatch | Sequence[Any],  # cached rows, or raw images for a raw-data scorer
+    text_features: FeatureBatch | Sequence[str],
     direction: str,
     pool_size: int,
     num_candidates: int,
     seed: int,
     round_index: int,
     student_negatives: torch.Tensor | None = None,
+    scorer: Callable[..., torch.Tensor] = score_pools,
     **score_options: Any,
 ) -> RoundScores:
-    """Steps 1-2 for one round and direction: build pools, score them with the teacher, keep the hard ones."""
+    """Steps 1-2 for one round and direction: build pools, score them with the teacher, keep the hard ones.
+
+    ``scorer(teacher, image_features, text_features, pools, **score_options)`` -> (A, P) logits: the default
+    :func:`score_pools` takes cached feature rows; :func:`~dcd_itr.distill.pools.score_pools_by_image` takes
+    raw images and caption strings.
+    """
     pools = build_pools(split, direction, pool_size, seed, round_index, student_negatives)
-    pool_scores = score_pools(teacher, image_features, text_features, pools, **score_options)  # (A, P)
+    pool_scores = scorer(teacher, image_features, text_features, pools, **score_options)  # (A, P)
     student_candidates, teacher_logits = select_hard_negatives(pool_scores, pools.candidates, num_candidates)
     return RoundScores(pools.anchor_rows, pools.candidates, pool_scores, student_candidates, teacher_logits)
 

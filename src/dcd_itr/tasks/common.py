@@ -29,12 +29,15 @@ def prepare_run_dir(config: Any) -> Path:
     recover_checkpoint(out / "last")  # a run killed while swapping in a checkpoint still counts as started
     if (out / "last" / "state.json").exists() and saved.exists():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
-        if previous != config_to_dict(config):
-            changed = sorted(
-                k
-                for k in set(previous) | set(config_to_dict(config))
-                if previous.get(k) != config_to_dict(config).get(k)
-            )
+        current = config_to_dict(config)
+        defaults = config_to_dict(type(config)())
+        # a field added to the config class after the run started counts as unchanged while it holds its default
+        previous = {
+            **{k: v for k, v in current.items() if k not in previous and v == defaults.get(k)},
+            **previous,
+        }
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise ConfigError(
                 f"{out}: holds a run with a different config (fields {changed} differ); "
                 "delete the folder or set another `out` to start a new run"

@@ -9,28 +9,42 @@ cache, so a DCD epoch costs about a plain student epoch. The student scores the 
   symmetric InfoNCE over the anchors' positive pairs with weight ``infonce_weight``;
 - ``cross``: a compressed cross-encoder cut from the teacher (half the fusion layers, first and last included),
   the fusion layers at ``fusion_lr_multiplier`` times the base learning rate.
+
+The teacher is a saved fusion cross-encoder folder (it reads the feature cache) or a plug-in spec (``vilt:ID``,
+``bridgetower:ID``, ``blip-itm:ID``, ``python:MODULE:NAME``): a plug-in scores the pools on raw images and
+caption strings, while the student still trains on cached features. Teacher and student run on
+``train.device`` (``auto``: CUDA when present). Under ``torchrun`` (the command joins the process group, see
+:mod:`dcd_itr.commands.train`) each rank scores its share of every pool, the shares are summed across ranks, and
+training is data-parallel.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.distill.losses import build_loss
-from dcd_itr.distill.pools import DIRECTIONS
-from dcd_itr.distill.teacher import load_frozen_teacher
-from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round, teacher_fingerprint
+from dcd_itr.distill.pools import DIRECTIONS, Pools, score_pools, score_pools_by_image
+from dcd_itr.distill.teacher import Teacher, load_frozen_teacher, resolve_device
+from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
+from dcd_itr.errors import ConfigError
 from dcd_itr.features import split_fingerprint
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import cut_student
 from dcd_itr.models.interfaces import slice_features
+from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
+    SplitFeatures,
     epoch_generator,
     load_split_features,
     prepare_run_dir,
@@ -38,7 +52,7 @@ from dcd_itr.tasks.common import (
     validate_cross,
     validate_dual,
 )
-from dcd_itr.train import TrainConfig, Trainer, TrainResult
+from dcd_itr.train import TrainConfig, Trainer, TrainResult, distributed_context
 
 
 @dataclass
@@ -55,7 +69,8 @@ class DistillConfig:
     data: str = "data/emoji"
     features: str = "cache/features"
     out: str = "results/dcd_dual"
-    teacher: str = "results/teacher/best"  # a saved cross-encoder folder (model.yaml + model.safetensors)
+    teacher: str = "results/teacher/best"  # a model folder, or a plug-in spec: vilt:ID, python:FILE:NAME, ...
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # a plug-in's loader options (dtype, ...)
     teacher_cache: str = (
         "cache/teacher_scores"  # shared by every student/loss/seed distilled from one teacher
     )
@@ -76,31 +91,90 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=1e-3, weight_decay=0.05))
 
 
-def _teacher_rounds(config: DistillConfig, teacher, teacher_folder: Path, train, progress: bool):
+def _shared_across_ranks(scorer: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``scorer`` such that under torchrun each rank scores a contiguous share of the anchors and the (A, P) score
+    matrices (zero outside each share) are summed across ranks: every rank gets the whole matrix."""
+
+    def score(teacher, images, texts, pools: Pools, **options) -> torch.Tensor:
+        rank, world_size = distributed_context()
+        if world_size == 1:
+            return scorer(teacher, images, texts, pools, **options)
+        share = -(-pools.num_anchors // world_size)
+        rows = slice(min(rank * share, pools.num_anchors), min((rank + 1) * share, pools.num_anchors))
+        scores = torch.zeros(pools.num_anchors, pools.pool_size)  # (A, P)
+        if rows.stop > rows.start:
+            mine = Pools(
+                pools.direction, pools.anchor_rows[rows], pools.positive[rows], pools.candidates[rows]
+            )
+            scores[rows] = scorer(teacher, images, texts, mine, **options)
+        on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        summed = scores.to(f"cuda:{torch.cuda.current_device()}") if on_gpu else scores
+        dist.all_reduce(summed)
+        return summed.cpu()
+
+    return score
+
+
+def teacher_cache_folder(config: DistillConfig, teacher: Teacher) -> Path:
+    """``teacher_cache/<fingerprint[:16]>`` for a saved folder, ``teacher_cache/<kind>-<fingerprint[:16]>`` for a
+    plug-in: a changed teacher gets a new folder, and the old scores are never mixed in."""
+    parsed = parse_spec(teacher.spec)
+    prefix = f"{parsed[0]}-" if parsed else ""
+    return Path(config.teacher_cache) / f"{prefix}{teacher.fingerprint[:16]}"
+
+
+def _announce_cache(folder: Path, teacher: Teacher) -> None:
+    """Say whether the cache is reused, and when the same spec was cached with other weights, that it changed."""
+    if folder.exists():
+        print(f"teacher-score cache: {folder} (teacher {teacher.spec})")
+        return
+    for label in sorted(folder.parent.glob("*/teacher.json")):
+        try:
+            previous = json.loads(label.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(previous, dict) and previous.get("spec") == teacher.spec:
+            print(
+                f"teacher-score cache: teacher {teacher.spec} changed since {label.parent} was built (fingerprint "
+                f"{previous.get('fingerprint', '?')[:16]}, now {teacher.fingerprint[:16]}); its scores are not "
+                f"reused, building {folder}"
+            )
+            return
+    print(f"teacher-score cache: building {folder} (teacher {teacher.spec})")
+
+
+def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bool, announce: bool):
     """Every mining round from the teacher-score cache (built on first use); returns rounds and build seconds."""
+    split, images, texts = train
+    folder = teacher_cache_folder(config, teacher)
+    if announce:
+        _announce_cache(folder, teacher)
     cache = TeacherScoreCache(
-        Path(config.teacher_cache) / f"{teacher_fingerprint(teacher_folder / 'model.safetensors')[:16]}",
-        teacher_id=teacher_fingerprint(teacher_folder / "model.safetensors"),
-        dataset_fingerprint=split_fingerprint(train.split, "image") + split_fingerprint(train.split, "text"),
+        folder,
+        teacher_id=teacher.fingerprint,
+        dataset_fingerprint=split_fingerprint(split, "image") + split_fingerprint(split, "text"),
         seed=config.mining_seed,
         pool_size=config.pool_size,
         num_candidates=config.num_candidates,
         directions=tuple(config.directions),
     )
+    write_json_atomic(folder / "teacher.json", {"spec": teacher.spec, "fingerprint": teacher.fingerprint})
+    scorer = _shared_across_ranks(score_pools_by_image if teacher.raw_inputs else score_pools)
     started = time.perf_counter()
     rounds = [
         cache.get_or_build(
             index,
             lambda r, direction: mine_round(
-                teacher,
-                train.split,
-                train.images,
-                train.texts,
+                teacher.model,
+                split,
+                images,
+                texts,
                 direction,
                 config.pool_size,
                 config.num_candidates,
                 config.mining_seed,
                 r,
+                scorer=scorer,
                 progress=progress,
             ),
         )
@@ -135,21 +209,37 @@ def _pair_rows(direction: str, anchors: torch.Tensor, candidates: torch.Tensor):
     return (expanded, candidates) if direction == "image_to_text" else (candidates, expanded)
 
 
+def _on_device(features: SplitFeatures, device: str, keep: Callable[[str], bool]) -> SplitFeatures:
+    """The feature keys the student reads, moved to ``device`` once (batches index them there)."""
+
+    def moved(batch):
+        return {k: v.to(device) for k, v in batch.items() if keep(k)}
+
+    return SplitFeatures(features.split, moved(features.images), moved(features.texts))
+
+
 def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
+    if config.student not in ("dual", "cross"):
+        raise ConfigError(f"student must be 'dual' or 'cross', got {config.student!r}")
     out = prepare_run_dir(config)
-    teacher_folder = Path(config.teacher)
-    teacher = load_frozen_teacher(teacher_folder)
-    teacher_train = load_split_features(
-        Path(config.data), Path(config.features), "train", teacher.image_views, teacher.text_views
-    )
-    rounds, cache_seconds = _teacher_rounds(config, teacher, teacher_folder, teacher_train, progress)
+    rank, _ = distributed_context()
+    device = resolve_device(config.train.device)
+    teacher = load_frozen_teacher(config.teacher, device, config.teacher_options)
+    if config.student == "cross" and teacher.raw_inputs:
+        raise ConfigError(
+            f"teacher {config.teacher!r}: a compressed cross student is cut from a fusion teacher folder; "
+            "distil a plug-in teacher into student: dual"
+        )
+    train_inputs = teacher.inputs(Path(config.data), Path(config.features), "train")
+    rounds, cache_seconds = _teacher_rounds(config, teacher, train_inputs, progress and rank == 0, rank == 0)
+    del train_inputs
     loss = build_loss(config.loss.name, **_loss_options(config.loss))
     seed_initial_weights(config.train.seed)
     if config.student == "dual":
         student = DualEncoderModel(config.dual)
         groups = [{"params": list(student.parameters())}]
-    elif config.student == "cross":
-        student = cut_student(teacher, config.cross_layers)
+    else:
+        student = cut_student(teacher.model, config.cross_layers)
         student.requires_grad_(True)
         fusion = list(student.layers.parameters())
         fusion_ids = {id(p) for p in fusion}
@@ -157,17 +247,22 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
             {"params": [p for p in student.parameters() if id(p) not in fusion_ids]},
             {"params": fusion, "lr": config.train.lr * config.fusion_lr_multiplier},
         ]
-    else:
-        raise ValueError(f"student must be 'dual' or 'cross', got {config.student!r}")
     del teacher  # the student never calls the teacher: its scores come from the cache
+    student.to(device)
     views = (student.image_views, student.text_views)
-    train = load_split_features(Path(config.data), Path(config.features), "train", *views)
-    val = load_split_features(Path(config.data), Path(config.features), "val", *views)
+    reads = (lambda key: key.endswith(".pooled")) if config.student == "dual" else (lambda key: True)
+    train = _on_device(
+        load_split_features(Path(config.data), Path(config.features), "train", *views), device, reads
+    )
+    val = _on_device(
+        load_split_features(Path(config.data), Path(config.features), "val", *views), device, reads
+    )
     save_model_description(student, out / "best")
     infonce = SymmetricInfoNCELoss()
 
     def step(wrapped, batch):
         direction, anchors, candidates, teacher_logits = batch
+        teacher_logits = teacher_logits.to(device)  # (B, K)
         image_rows, caption_rows = _pair_rows(direction, anchors, candidates)  # (B, K) each
         image_features = slice_features(train.images, image_rows.flatten())  # B*K rows
         text_features = slice_features(train.texts, caption_rows.flatten())  # B*K rows
@@ -185,7 +280,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         return {**terms, "loss": total, "infonce": contrastive["loss"].detach()}
 
     validate = validate_dual if config.student == "dual" else validate_cross
-    trainer = Trainer(student, groups, config.train, out, progress)
+    trainer = Trainer(student, groups, replace(config.train, device=device), out, progress)  # auto resolved
     started = time.perf_counter()
     result = trainer.fit(
         lambda epoch: candidate_batches(
