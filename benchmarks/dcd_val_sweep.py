@@ -25,6 +25,8 @@ from dcd_itr.tasks.distill import DistillConfig, distill
 GRID = [
     ("mse", 1.0, 0.2),
     ("mse", 1.0, 0.5),
+    ("mse", 4.0, 0.2),  # with MSE, T changes only DCD's per-sample weights (softer teacher entropies)
+    ("mse", 4.0, 0.5),
     ("kl", 1.0, 0.5),
     ("kl", 4.0, 0.5),
     ("kl", 4.0, 0.8),
