@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from dcd_itr.commands.eval import evaluate_model
-from dcd_itr.config import load_config
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
-from dcd_itr.tasks.distill import DistillConfig, distill
+from emoji_distill import distill_emoji
 
 LOSSES = ["none", "static", "wsl", "dcd"]
 COLUMNS = list(METRIC_COLUMNS)
@@ -35,20 +34,16 @@ def run_one(args, student: str, loss: str, seed: int) -> dict:
     done = out / "test_metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
-    config = load_config(
-        Path("configs") / f"emoji_dcd_{student}.yaml",
-        DistillConfig,
-        [
-            f"data={args.data}",
-            f"features={args.features}",
-            f"teacher={args.teacher}",
-            f"teacher_cache={args.teacher_cache}",
-            f"out={out}",
-            f"loss.name={loss}",
-            f"train.seed={seed}",
-        ],
+    distill_emoji(
+        student,
+        args.data,
+        args.features,
+        args.teacher,
+        args.teacher_cache,
+        out,
+        f"loss.name={loss}",
+        f"train.seed={seed}",
     )
-    distill(config, progress=False)
     metrics = evaluate_model(
         out / "best", args.data, args.features, "test", args.runs / "scores", progress=False
     )

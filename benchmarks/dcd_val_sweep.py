@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from dcd_itr.config import load_config
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
-from dcd_itr.tasks.distill import DistillConfig, distill
+from emoji_distill import distill_emoji
 
 # (distance, temperature, alpha); the first row is the reference code's setting.
 GRID = [
@@ -38,22 +37,18 @@ def run(args: argparse.Namespace, distance: str, temperature: float, alpha: floa
     out = args.runs / f"{args.student}_{distance}_T{temperature:g}_a{alpha:g}"
     best = out / "best" / "metrics.json"
     if not best.is_file():
-        config = load_config(
-            Path("configs") / f"emoji_dcd_{args.student}.yaml",
-            DistillConfig,
-            [
-                f"data={args.data}",
-                f"features={args.features}",
-                f"teacher={args.teacher}",
-                f"teacher_cache={args.teacher_cache}",
-                f"out={out}",
-                f"loss.distance={distance}",
-                f"loss.temperature={temperature}",
-                f"loss.alpha={alpha}",
-                f"train.seed={args.seed}",
-            ],
+        distill_emoji(
+            args.student,
+            args.data,
+            args.features,
+            args.teacher,
+            args.teacher_cache,
+            out,
+            f"loss.distance={distance}",
+            f"loss.temperature={temperature}",
+            f"loss.alpha={alpha}",
+            f"train.seed={args.seed}",
         )
-        distill(config, progress=False)
     metrics = json.loads(best.read_text(encoding="utf-8"))
     return {"distance": distance, "temperature": temperature, "alpha": alpha, **metrics}
 

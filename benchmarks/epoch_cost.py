@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dcd_itr.config import load_config
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
-from dcd_itr.tasks.distill import DistillConfig, distill
+from emoji_distill import distill_emoji
 
 TARGET_RATIO = 1.3
 
@@ -30,20 +29,16 @@ TARGET_RATIO = 1.3
 def one_epoch(args: argparse.Namespace, loss: str, cache: Path, work: Path, tag: str) -> dict:
     """Train one epoch into a fresh folder; return the run's timing.json."""
     out = work / f"{loss}_{tag}"
-    config = load_config(
-        Path("configs") / f"emoji_dcd_{args.student}.yaml",
-        DistillConfig,
-        [
-            f"data={args.data}",
-            f"features={args.features}",
-            f"teacher={args.teacher}",
-            f"teacher_cache={cache}",
-            f"out={out}",
-            f"loss.name={loss}",
-            "train.epochs=1",
-        ],
+    distill_emoji(
+        args.student,
+        args.data,
+        args.features,
+        args.teacher,
+        cache,
+        out,
+        f"loss.name={loss}",
+        "train.epochs=1",
     )
-    distill(config, progress=False)
     timing = json.loads((out / "timing.json").read_text(encoding="utf-8"))
     shutil.rmtree(out)
     return timing

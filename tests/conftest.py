@@ -104,3 +104,30 @@ def write_shapes_fixture(root: Path, num_images: int = 24) -> Path:
     path = root / "dataset_shapes.json"
     path.write_text(json.dumps({"dataset": "shapes", "images": records}), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (no thread hand-offs, no fight for shared cores); restored after.
+
+    Use it per module: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_fusion_settings(image_view: str, text_view: str) -> dict:
+    """The fusion block of a tiny teacher config on 32-wide tiny random towers (tests only)."""
+    return {
+        "fusion_image_view": image_view,
+        "fusion_text_view": text_view,
+        "image_token_dim": 32,
+        "text_token_dim": 32,
+        "image_grid": 2,
+        "max_text_tokens": 16,
+        "width": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+    }

@@ -132,13 +132,7 @@ def tiny_adapter(kind: str, folder: Path, **kwargs) -> HFCrossEncoder:
     return HF_CROSS_ENCODERS[kind](model, processor, pair_batch_size=3, **kwargs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (no thread hand-offs, no fight for shared cores); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=KINDS)

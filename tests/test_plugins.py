@@ -24,13 +24,7 @@ NAME_TEACHER = f"python:{PLUGINS}:ColourNameTeacher"
 PROTOCOL_TEACHER = f"python:{PLUGINS}:ColourCrossEncoder"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (no thread hand-offs, no fight for shared cores); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import TINY_VOCAB, karpathy_record, write_karpathy_fixture
@@ -23,13 +22,7 @@ CLIP = "openai/clip-vit-base-patch32"
 TEACHER_KINDS = {"vilt": "vilt", "blip-itm": "blip-itm", "bridgetower": "bridgetower"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (no thread hand-offs, no fight for shared cores); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_clip(folder: Path) -> Path:

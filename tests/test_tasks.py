@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from conftest import write_shapes_fixture
+from conftest import tiny_fusion_settings, write_shapes_fixture
 from dcd_itr.cli import main
 
 
@@ -54,17 +54,7 @@ def workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> dict:
             "out": str(root / "teacher"),
             "paths": [dual],
             "path_training": {"batch_size": 8, "train": {"epochs": 2, "lr": 0.01}},
-            "fusion": {
-                "fusion_image_view": image_view,
-                "fusion_text_view": text_view,
-                "image_token_dim": 32,
-                "text_token_dim": 32,
-                "image_grid": 2,
-                "max_text_tokens": 16,
-                "width": 16,
-                "num_layers": 2,
-                "num_heads": 2,
-            },
+            "fusion": tiny_fusion_settings(image_view, text_view),
             "negatives": 3,
             "anchors_per_batch": 4,
             "train": {"epochs": 1, "lr": 0.001},
