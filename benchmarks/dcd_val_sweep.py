@@ -1,6 +1,7 @@
 """Choosing DCD's distillation settings on the VALIDATION split (never on test): a small grid over the
-distance (MSE on logits vs KL on softened distributions), the temperature T and the teacher share alpha, for one
-student, one seed, everything else as in configs/emoji_dcd_<student>.yaml.
+distance (MSE on logits vs KL on softened distributions), the temperature T, the teacher share alpha, the pool
+size P and the kept list K, for one student, one seed, everything else as in configs/emoji_dcd_<student>.yaml.
+A (P, K) other than the config's gets its own teacher-score cache (the teacher scores the new pools once).
 
     python benchmarks/dcd_val_sweep.py --teacher results/demo/teacher/best [--student dual]
 
@@ -20,21 +21,31 @@ import torch
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from emoji_distill import distill_emoji
 
-# (distance, temperature, alpha); the first row is the reference code's setting.
+CONFIG_POOLS = (16, 8)  # (P, K) of configs/emoji_dcd_*.yaml
+# (distance, temperature, alpha, P, K); the first row is the reference code's setting.
 GRID = [
-    ("mse", 1.0, 0.2),
-    ("mse", 1.0, 0.5),
-    ("mse", 4.0, 0.2),  # with MSE, T changes only DCD's per-sample weights (softer teacher entropies)
-    ("mse", 4.0, 0.5),
-    ("kl", 1.0, 0.5),
-    ("kl", 4.0, 0.5),
-    ("kl", 4.0, 0.8),
-    ("kl", 8.0, 0.5),
+    ("mse", 1.0, 0.2, 16, 8),
+    ("mse", 1.0, 0.5, 16, 8),
+    ("mse", 4.0, 0.2, 16, 8),  # with MSE, T changes only DCD's per-sample weights (softer teacher entropies)
+    ("mse", 4.0, 0.5, 16, 8),
+    ("kl", 1.0, 0.5, 16, 8),
+    ("kl", 4.0, 0.5, 16, 8),
+    ("kl", 4.0, 0.8, 16, 8),
+    ("kl", 8.0, 0.5, 16, 8),
+    ("mse", 1.0, 0.2, 16, 4),  # a shorter list: the teacher's hardest 3 negatives only
+    ("mse", 1.0, 0.2, 32, 8),  # a larger pool: harder negatives, less confident teacher lists
 ]
 
 
-def run(args: argparse.Namespace, distance: str, temperature: float, alpha: float) -> dict:
-    out = args.runs / f"{args.student}_{distance}_T{temperature:g}_a{alpha:g}"
+def run(
+    args: argparse.Namespace, distance: str, temperature: float, alpha: float, pool: int, keep: int
+) -> dict:
+    name = f"{args.student}_{distance}_T{temperature:g}_a{alpha:g}"
+    cache = args.teacher_cache
+    if (pool, keep) != CONFIG_POOLS:
+        name += f"_P{pool}_K{keep}"
+        cache = args.teacher_cache.with_name(f"{args.teacher_cache.name}_P{pool}_K{keep}")
+    out = args.runs / name
     best = out / "best" / "metrics.json"
     if not best.is_file():
         distill_emoji(
@@ -42,15 +53,17 @@ def run(args: argparse.Namespace, distance: str, temperature: float, alpha: floa
             args.data,
             args.features,
             args.teacher,
-            args.teacher_cache,
+            cache,
             out,
             f"loss.distance={distance}",
             f"loss.temperature={temperature}",
             f"loss.alpha={alpha}",
+            f"pool_size={pool}",
+            f"num_candidates={keep}",
             f"train.seed={args.seed}",
         )
     metrics = json.loads(best.read_text(encoding="utf-8"))
-    return {"distance": distance, "temperature": temperature, "alpha": alpha, **metrics}
+    return {"distance": distance, "temperature": temperature, "alpha": alpha, "P": pool, "K": keep, **metrics}
 
 
 def main() -> None:
@@ -72,16 +85,17 @@ def main() -> None:
         rows.append(run(args, *setting))
         print(setting, f"val RSUM {rows[-1]['rsum']:.1f} (epoch {rows[-1]['epoch']})", flush=True)
     lines = [
-        f"| distance | T | alpha | best val RSUM ({args.student} student, seed {args.seed}) | epoch |",
-        "|---|---:|---:|---:|---:|",
+        f"| distance | T | alpha | P | K | best val RSUM ({args.student} student, seed {args.seed}) | epoch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['distance']} | {r['temperature']:g} | {r['alpha']:g} | {r['rsum']:.1f} | {r['epoch']} |"
+        f"| {r['distance']} | {r['temperature']:g} | {r['alpha']:g} | {r['P']} | {r['K']} | {r['rsum']:.1f} | {r['epoch']} |"
         for r in rows
     ]
     best = max(rows, key=lambda r: r["rsum"])
     lines.append(
-        f"\nBest on val: distance={best['distance']}, T={best['temperature']:g}, alpha={best['alpha']:g} "
+        f"\nBest on val: distance={best['distance']}, T={best['temperature']:g}, alpha={best['alpha']:g}, "
+        f"P={best['P']}, K={best['K']} "
         f"(RSUM {best['rsum']:.1f})."
     )
     args.results.mkdir(parents=True, exist_ok=True)
