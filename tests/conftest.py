@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
@@ -131,3 +134,20 @@ def tiny_fusion_settings(image_view: str, text_view: str) -> dict:
         "num_layers": 2,
         "num_heads": 2,
     }
+
+
+def spawn_ranks(rank_main, args: tuple, world_size: int, timeout_s: float) -> None:
+    """Run ``rank_main(rank, free_port, *args)`` in ``world_size`` processes; a rank that fails raises, and ranks
+    still running after ``timeout_s`` are terminated and fail the test instead of hanging it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.spawn(rank_main, args=(port, *args), nprocs=world_size, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=max(0.0, deadline - time.monotonic())):  # raises if a rank failed
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+                    process.join(5)
+            pytest.fail(f"the {world_size} ranks did not finish within {timeout_s} s")

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
 
-from conftest import write_karpathy_fixture
+from conftest import spawn_ranks, write_karpathy_fixture
 from dcd_itr.cli import main
 
 WORLD_SIZE = 2
@@ -35,24 +32,6 @@ def _rank_main(rank: int, port: int, config: str) -> None:
     )
     torch.set_num_threads(1)  # two ranks share the test machine's cores
     assert main(["distill", "--config", config, "--quiet"]) == 0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run_ranks(config: Path) -> None:
-    context = mp.spawn(_rank_main, args=(_free_port(), str(config)), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while not context.join(timeout=max(0.0, deadline - time.monotonic())):  # raises if a rank failed
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-                    process.join(5)
-            pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {JOIN_TIMEOUT_S} s")
 
 
 @pytest.mark.slow
@@ -87,7 +66,7 @@ def test_two_ranks_share_the_teacher_and_match_one_process(tmp_path, tiny_vit_pa
         }
         configs[name].write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["distill", "--config", str(configs["single"]), "--quiet"]) == 0
-    _run_ranks(configs["ranks"])
+    spawn_ranks(_rank_main, (str(configs["ranks"]),), WORLD_SIZE, JOIN_TIMEOUT_S)
 
     single = sorted((tmp_path / "single_scores").rglob("round-*.safetensors"))
     shared = sorted((tmp_path / "ranks_scores").rglob("round-*.safetensors"))

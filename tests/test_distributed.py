@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from conftest import spawn_ranks
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.interfaces import slice_features
@@ -89,26 +87,6 @@ def _rank_main(rank: int, port: int, out_dir: str, result_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _spawn_ranks(out_dir: Path, result_dir: Path) -> None:
-    context = mp.spawn(
-        _rank_main, args=(_free_port(), str(out_dir), str(result_dir)), nprocs=WORLD_SIZE, join=False
-    )
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while not context.join(timeout=max(0.0, deadline - time.monotonic())):  # raises if a rank failed
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-                    process.join(5)
-            pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {JOIN_TIMEOUT_S} s")
-
-
 def _files_under(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
@@ -118,7 +96,7 @@ def test_two_gloo_ranks_match_one_process_with_gradient_accumulation(tmp_path):
     single_weights, single_gradients = _train(tmp_path / "single", grad_accumulation=4)
     result_dir = tmp_path / "results"
     result_dir.mkdir()
-    _spawn_ranks(tmp_path / "ddp", result_dir)
+    spawn_ranks(_rank_main, (str(tmp_path / "ddp"), str(result_dir)), WORLD_SIZE, JOIN_TIMEOUT_S)
 
     assert len(single_gradients) == 2 * 2 * len(single_weights)  # 2 epochs x 2 steps, every parameter
     for rank in range(WORLD_SIZE):

@@ -15,7 +15,6 @@ read is a :class:`CorruptFileError`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -29,7 +28,7 @@ from safetensors.torch import save_file
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.distill.pools import DIRECTIONS, build_pools, check_direction, score_pools, select_hard_negatives
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
-from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
+from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
 from dcd_itr.models.interfaces import CrossEncoder, FeatureBatch
 
 FORMAT_VERSION = 1
@@ -64,12 +63,8 @@ class RoundScores:
 
 
 def teacher_fingerprint(weights_path: str | Path) -> str:
-    """sha256 (hex) of a teacher's weights file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(weights_path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 (hex) of a teacher's weights file."""
+    return file_sha256(weights_path)
 
 
 def mine_round(
