@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import spawn_ranks
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
+from dcd_itr.interfaces import slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
-from dcd_itr.models.interfaces import slice_features
 from dcd_itr.train import TrainConfig, Trainer, distributed_context
 
 WORLD_SIZE = 2

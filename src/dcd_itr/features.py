@@ -28,18 +28,15 @@ from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
+from dcd_itr.data.loading import load_split
 from dcd_itr.encoders.base import ImageTower, TextTower
+from dcd_itr.encoders.views import parse_view, view_key
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.interfaces import FeatureBatch, concat_features
 from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
-from dcd_itr.models.interfaces import FeatureBatch, concat_features
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 256  # items per shard: a lost shard costs at most ~30 s of Lite2 encoding on 2 cores
-
-
-def view_key(kind: str, tower_name: str, size: int) -> str:
-    """``image-efficientnet-lite2@260`` / ``text-minilm-l6@40``: a tower at one input size."""
-    return f"{kind}-{tower_name.replace('/', '_').replace(':', '_')}@{size}"
 
 
 def split_fingerprint(split: RetrievalSplit, kind: str) -> str:
@@ -194,14 +191,6 @@ def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> F
     return concat_features(batches)
 
 
-def parse_view(spec: str, default_size: int | None = None) -> tuple[str, int | None]:
-    """``efficientnet-lite2@260`` -> (``efficientnet-lite2``, 260); no ``@`` -> (name, default_size)."""
-    name, _, size = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    if size and not size.isdigit():
-        raise CacheMismatchError(f"bad view {spec!r}: expected NAME or NAME@SIZE with an integer size")
-    return name, int(size) if size else default_size
-
-
 class FeatureStore:
     """Cached features of one split, by view name, with keys namespaced as ``"<view>.<name>"``.
 
@@ -239,3 +228,21 @@ class FeatureStore:
 
     def text_features(self, views: list[str]) -> FeatureBatch:
         return {k: v for view in views for k, v in self._load("text", view).items()}
+
+
+@dataclass
+class SplitFeatures:
+    """A split and the cached features a model needs, keyed ``"<view>.<name>"``."""
+
+    split: RetrievalSplit
+    images: FeatureBatch  # (N, ...) per key
+    texts: FeatureBatch  # (M, ...) per key
+
+
+def load_split_features(
+    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
+) -> SplitFeatures:
+    """Split ``split_name`` of the dataset at ``data`` with the cached features of the given views."""
+    split = load_split(data, split_name)
+    store = FeatureStore(features, split)
+    return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))

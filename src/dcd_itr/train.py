@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from dcd_itr.errors import CorruptFileError
 from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
+from dcd_itr.models.registry import load_model_weights
 
 
 @dataclass
@@ -137,19 +138,6 @@ def recover_checkpoint(folder: Path) -> None:
             with contextlib.suppress(FileNotFoundError):  # another rank finished the swap first
                 os.replace(candidate, folder)
             return
-
-
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights into ``model``, naming the file when it is corrupt or does not fit."""
-    try:
-        state, _ = load_checked(path)
-    except Exception as error:  # safetensors raises several types for truncated/corrupt files
-        raise CorruptFileError(path, f"cannot read weights ({error})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CorruptFileError(
-            path, f"weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
 
 
 _STATE_KEYS = ("epoch", "batch", "step", "best_rsum", "best_epoch", "history")

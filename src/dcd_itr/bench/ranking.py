@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 from dcd_itr.bench.common import ratio, timed
-from dcd_itr.commands.features import DEFAULT_TEXT_LENGTH
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders import build_image_tower, build_text_tower
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
-from dcd_itr.features import parse_view
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores, top_k_candidates
-from dcd_itr.models.interfaces import FeatureBatch
 
 TOWER_BATCH = 32  # what `dcd features` uses, so tower outputs match the cache `dcd eval` reads
 CROSS_HEAD_BATCH = 256  # `dcd eval`'s unimodal batch for cross-encoders

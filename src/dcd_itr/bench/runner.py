@@ -22,8 +22,8 @@ from dcd_itr.bench import projection, ranking, report
 from dcd_itr.bench.common import TIMING_ONLY_LABEL, machine_info, thread_count
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import ConfigError
+from dcd_itr.interfaces import is_cross_encoder
 from dcd_itr.models.end_to_end import EndToEnd
-from dcd_itr.models.interfaces import is_cross_encoder
 from dcd_itr.models.registry import load_model
 
 

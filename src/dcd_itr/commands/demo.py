@@ -41,6 +41,7 @@ from dcd_itr.data.emoji import DATASET_FILENAME, DEFAULT_SEED, build_emoji_datas
 from dcd_itr.data.emoji_source import find_font
 from dcd_itr.data.loading import load_dataset, resolve_dataset_file
 from dcd_itr.data.preview import split_contact_sheet
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import CorruptFileError
 from dcd_itr.io_utils import file_sha256, write_json_atomic, write_text_atomic
 from dcd_itr.report.demo_report import (
@@ -82,7 +83,7 @@ def build_or_reuse_emoji(data_dir: Path, seed: int, fresh: bool) -> Path:
 
 TEACHER_VIEWS = ["efficientnet-lite0@224", "efficientnet-lite1@240", "efficientnet-lite2@260"]
 STUDENT_VIEWS = ["efficientnet-lite0@128"]
-TEXT_VIEWS = ["minilm-l6@40"]
+TEXT_VIEWS = [f"minilm-l6@{DEFAULT_TEXT_LENGTH}"]
 DEMO_STORAGE_DTYPE = "float16"  # halves the cache (Lite2 grid tokens dominate); towers still run in float32
 
 

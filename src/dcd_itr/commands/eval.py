@@ -16,11 +16,11 @@ from dcd_itr.config import apply_override
 from dcd_itr.distill.teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
+from dcd_itr.features import SplitFeatures, load_split_features
+from dcd_itr.interfaces import is_cross_encoder
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table, rank_dual, recall_at_k_from_scores
-from dcd_itr.models.interfaces import is_cross_encoder
 from dcd_itr.models.registry import load_model
-from dcd_itr.tasks.common import SplitFeatures, load_split_features
 
 
 def _weights_hash(folder: Path) -> str:

@@ -8,9 +8,8 @@ from pathlib import Path
 from dcd_itr.data.dataset import SPLITS
 from dcd_itr.data.loading import load_dataset
 from dcd_itr.encoders import build_image_tower, build_text_tower
-from dcd_itr.features import DEFAULT_SHARD_SIZE, CacheResult, build_feature_cache, parse_view
-
-DEFAULT_TEXT_LENGTH = 40  # the DCD reference truncates captions at 40 tokens
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view
+from dcd_itr.features import DEFAULT_SHARD_SIZE, CacheResult, build_feature_cache
 
 
 def cache_features(

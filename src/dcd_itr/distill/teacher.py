@@ -20,7 +20,8 @@ from dcd_itr.data.image_files import ImageFiles
 from dcd_itr.data.loading import load_split
 from dcd_itr.distill.teacher_cache import teacher_fingerprint
 from dcd_itr.errors import ConfigError
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.features import load_split_features
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.models.plugins import load_plugin, owned_modules, parse_spec
 from dcd_itr.models.registry import load_model
 
@@ -61,8 +62,6 @@ class Teacher:
         if self.raw_inputs:
             split = load_split(data, split_name)
             return split, ImageFiles(split.image_paths), list(split.captions)
-        from dcd_itr.tasks.common import load_split_features  # tasks import this module
-
         cached = load_split_features(
             data, features, split_name, self.model.image_views, self.model.text_views
         )

@@ -28,8 +28,8 @@ from safetensors.torch import save_file
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.distill.pools import DIRECTIONS, build_pools, check_direction, score_pools, select_hard_negatives
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.interfaces import CrossEncoder, FeatureBatch
 from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
-from dcd_itr.models.interfaces import CrossEncoder, FeatureBatch
 
 FORMAT_VERSION = 1
 

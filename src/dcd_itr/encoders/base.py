@@ -1,6 +1,6 @@
 """The small interface every frozen unimodal tower implements.
 
-An :class:`ImageTower` turns PIL images into a :data:`~dcd_itr.models.interfaces.FeatureBatch`
+An :class:`ImageTower` turns PIL images into a :data:`~dcd_itr.interfaces.FeatureBatch`
 ``{"tokens": (B, N, C_tok), "mask": (B, N) bool, "pooled": (B, C_pool)}``; a :class:`TextTower` does the same for
 strings with ``(B, L, C)`` tokens. Towers are frozen by default: no gradients, and ``train()`` keeps them in eval
 mode so batch-norm statistics and dropout never change under a training loop that owns them.
@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from dcd_itr.errors import DcdError
-from dcd_itr.models.interfaces import FeatureBatch, concat_features
+from dcd_itr.interfaces import FeatureBatch, concat_features
 
 
 class MissingTowerPackageError(DcdError, ModuleNotFoundError):

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from dcd_itr.errors import CacheMismatchError, ConfigError, DcdError
+from dcd_itr.interfaces import FeatureBatch, concat_features, slice_features
 from dcd_itr.models.end_to_end import EndToEnd
-from dcd_itr.models.interfaces import FeatureBatch, concat_features, slice_features
 from dcd_itr.search.gallery import Gallery, is_dual_encoder, model_fingerprint
 from dcd_itr.search.index import load_index
 

@@ -36,17 +36,15 @@ from dcd_itr.distill.pools import DIRECTIONS, Pools, score_pools, score_pools_by
 from dcd_itr.distill.teacher import Teacher, load_frozen_teacher, resolve_device
 from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
 from dcd_itr.errors import ConfigError
-from dcd_itr.features import split_fingerprint
+from dcd_itr.features import SplitFeatures, load_split_features, split_fingerprint
+from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import cut_student
-from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
-    SplitFeatures,
     epoch_generator,
-    load_split_features,
     prepare_run_dir,
     seed_initial_weights,
     validate_cross,
