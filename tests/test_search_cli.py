@@ -21,11 +21,12 @@ from safetensors.torch import load_file, save_file
 import search_fixtures
 from conftest import karpathy_record, make_image
 from dcd_itr.cli import main
-from dcd_itr.commands.index import index_build, index_info, index_merge, parse_shard
+from dcd_itr.commands.index import index_info
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
 from dcd_itr.models.end_to_end import EndToEnd
 from dcd_itr.search import build as build_module
+from dcd_itr.search.build import index_build, index_merge, parse_shard
 from dcd_itr.search.gallery import model_fingerprint
 from dcd_itr.search.retriever import Retriever
 from search_fixtures import built_index, tiny_setup

@@ -54,6 +54,29 @@ class BenchConfig:
     print_report: bool = True  # log speed.md's tables at the end (the demo prints its own summary instead)
 
 
+def bench_command_line(config: BenchConfig) -> str:
+    """The `dcd bench` command line that reruns ``config``'s benchmark."""
+    parts = ["dcd bench"]
+    for flag in ("teacher", "cross", "dual"):
+        parts += [f"--{flag}", shlex.quote(str(getattr(config, flag)))]
+    for name, folder in config.baselines.items():
+        parts += ["--baseline", shlex.quote(f"{name}={folder}")]
+    parts += [
+        "--data",
+        shlex.quote(str(config.data)),
+        "--split",
+        config.split,
+        "--out",
+        shlex.quote(str(config.out)),
+    ]
+    parts += ["--cascade-k", *map(str, config.cascade_ks)]
+    parts += ["--latency-sizes", *map(str, config.latency.sizes if config.latency else [])]
+    parts += ["--skip-existing-itr"] if config.skip_existing_itr else []
+    parts += ["--threads", str(config.threads)] if config.threads else []
+    parts += ["--top-images", str(config.top_images)] if config.top_images else []
+    return " ".join(parts)
+
+
 def _load(folder: Path | None, want_cross: bool, role: str) -> torch.nn.Module | None:
     if folder is None:
         return None

@@ -6,42 +6,7 @@ import argparse
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS
-from dcd_itr.data.loading import load_dataset
-from dcd_itr.encoders import build_image_tower, build_text_tower
-from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view
-from dcd_itr.features import DEFAULT_SHARD_SIZE, CacheResult, build_feature_cache
-
-
-def cache_features(
-    data: Path,
-    out: Path,
-    image_encoders: list[str],
-    text_encoders: list[str],
-    splits: tuple[str, ...] = SPLITS,
-    storage_dtype: str = "float32",
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    batch_size: int = 32,
-    device: str = "cpu",
-    progress: bool = True,
-) -> list[CacheResult]:
-    """Encode every requested split with every requested tower; reuse or resume what is cached."""
-    dataset, _ = load_dataset(data)
-    results: list[CacheResult] = []
-    towers = [build_image_tower(*parse_view(spec), device=device) for spec in image_encoders]
-    for spec in text_encoders:
-        name, length = parse_view(spec, DEFAULT_TEXT_LENGTH)
-        towers.append(build_text_tower(name, max_length=length, device=device))
-    for tower in towers:
-        for split_name in splits:
-            if split_name not in dataset:
-                continue
-            result = build_feature_cache(
-                dataset[split_name], tower, out, shard_size, storage_dtype, batch_size, progress
-            )
-            rate = f"{result.items_per_second:.1f} items/s" if result.encoded_items else "reused"
-            print(f"{result.directory}: {result.num_items} items, {rate}")
-            results.append(result)
-    return results
+from dcd_itr.features import DEFAULT_SHARD_SIZE, cache_features
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
