@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS
-from dcd_itr.features import DEFAULT_SHARD_SIZE, cache_features
+from dcd_itr.features import DEFAULT_SHARD_SIZE, TOWER_BATCH_SIZE, cache_features
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: all)")
     parser.add_argument("--fp16", action="store_true", help="store floats as float16 (half the disk)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard")
-    parser.add_argument("--batch-size", type=int, default=32, help="tower batch size")
+    parser.add_argument("--batch-size", type=int, default=TOWER_BATCH_SIZE, help="tower batch size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(

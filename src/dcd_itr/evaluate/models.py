@@ -16,11 +16,57 @@ import torch
 
 from dcd_itr.distill.teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
-from dcd_itr.evaluate.scoring import encode_all, rank_cascade, score_all_pairs
-from dcd_itr.features import SplitFeatures, load_split_features
-from dcd_itr.interfaces import is_cross_encoder
+from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score_all_pairs
+from dcd_itr.features import TOWER_BATCH_SIZE, SplitFeatures, load_split_features
+from dcd_itr.interfaces import FeatureBatch, is_cross_encoder
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.registry import load_model
+
+# Batch sizes of every full-ranking evaluation (`dcd eval`, the training validators, `dcd bench`, the demo), so
+# the same model gets the same numbers everywhere.
+DUAL_ENCODE_BATCH = 1024  # rows per dual-head call: small MLPs on pooled vectors, big batches are cheap
+CROSS_ENCODE_BATCH = 256  # rows per cross-encoder unimodal call: token grids make each row ~100x bigger
+CROSS_TEXT_BLOCK = 512  # captions per score_matrix call: one image x 512 captions bounds fusion activations
+
+
+def encode_split(model: Any, images: Any, texts: Any) -> tuple[FeatureBatch, FeatureBatch]:
+    """A model's unimodal features of a split's images and captions, in the evaluation batch for its kind."""
+    batch_size = CROSS_ENCODE_BATCH if is_cross_encoder(model) else DUAL_ENCODE_BATCH
+    return (
+        encode_all(model.encode_images, images, batch_size=batch_size),
+        encode_all(model.encode_texts, texts, batch_size=batch_size),
+    )
+
+
+@torch.inference_mode()
+def dual_metrics(model: Any, features: SplitFeatures) -> dict[str, float]:
+    """Full-ranking metrics of a dual encoder on a split's cached features (blockwise dot products)."""
+    images, texts = encode_split(model, features.images, features.texts)
+    return rank_dual(images["embedding"], texts["embedding"], features.split.caption_to_image)
+
+
+def cross_metrics(
+    model: Any,
+    features: SplitFeatures,
+    text_block: int = CROSS_TEXT_BLOCK,
+    checkpoint_dir: Path | None = None,
+    fingerprint: str = "",
+    progress: bool = False,
+) -> tuple[dict[str, float], PairScores]:
+    """Full-ranking metrics of a cross-encoder on a split's cached features: every pair scored (resumable in
+    ``checkpoint_dir``), then ranked. Returns the metrics and the scores with their speed."""
+    with torch.inference_mode():
+        images, texts = encode_split(model, features.images, features.texts)
+    result = score_all_pairs(
+        model,
+        images,
+        texts,
+        text_block=text_block,
+        checkpoint_dir=checkpoint_dir,
+        fingerprint=fingerprint,
+        progress=progress,
+    )
+    return recall_at_k_from_scores(result.scores, features.split.caption_to_image), result
 
 
 def _weights_hash(folder: Path) -> str:
@@ -42,24 +88,11 @@ def evaluate_model(
     """Metrics of one saved model; a cross-encoder's pair scores are checkpointed in ``scores_dir``."""
     model = load_model(folder)
     cached = _features(model, data, features, split)
-    with torch.inference_mode():
-        if not is_cross_encoder(model):
-            images = encode_all(model.encode_images, cached.images, batch_size=1024)["embedding"]
-            texts = encode_all(model.encode_texts, cached.texts, batch_size=1024)["embedding"]
-            return {"kind": "dual", **rank_dual(images, texts, cached.split.caption_to_image)}
-        images = encode_all(model.encode_images, cached.images, batch_size=256)
-        texts = encode_all(model.encode_texts, cached.texts, batch_size=256)
+    if not is_cross_encoder(model):
+        return {"kind": "dual", **dual_metrics(model, cached)}
     checkpoint = scores_dir / f"{folder.parent.name}_{folder.name}_{split}" if scores_dir else None
-    result = score_all_pairs(
-        model,
-        images,
-        texts,
-        text_block=512,
-        checkpoint_dir=checkpoint,
-        fingerprint=f"{_weights_hash(folder)}:{split}",
-        progress=progress,
-    )
-    metrics = recall_at_k_from_scores(result.scores, cached.split.caption_to_image)
+    fingerprint = f"{_weights_hash(folder)}:{split}"
+    metrics, result = cross_metrics(model, cached, CROSS_TEXT_BLOCK, checkpoint, fingerprint, progress)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 
@@ -81,7 +114,7 @@ def evaluate_cross_encoder(
             f"--cross-encoder {spec}: a saved model folder reads the feature cache; give --features"
         )
     split_data, image_inputs, text_inputs = teacher.inputs(data, features, split)
-    batch_size = 32 if teacher.raw_inputs else 256  # raw images are decoded and run through a tower per batch
+    batch_size = TOWER_BATCH_SIZE if teacher.raw_inputs else CROSS_ENCODE_BATCH  # raw: a tower per batch
     with torch.inference_mode():
         images = encode_all(teacher.model.encode_images, image_inputs, batch_size, progress=progress)
         texts = encode_all(teacher.model.encode_texts, text_inputs, batch_size, progress=progress)
@@ -117,13 +150,11 @@ def evaluate_cascade(
         _features(cross, data, features, split),
     )
     with torch.inference_mode():
-        images = encode_all(dual.encode_images, dual_features.images, batch_size=1024)["embedding"]
-        texts = encode_all(dual.encode_texts, dual_features.texts, batch_size=1024)["embedding"]
-        cross_images = encode_all(cross.encode_images, cross_features.images, batch_size=256)
-        cross_texts = encode_all(cross.encode_texts, cross_features.texts, batch_size=256)
+        images, texts = encode_split(dual, dual_features.images, dual_features.texts)
+        cross_images, cross_texts = encode_split(cross, cross_features.images, cross_features.texts)
     metrics = rank_cascade(
-        images,
-        texts,
+        images["embedding"],
+        texts["embedding"],
         cross,
         cross_images,
         cross_texts,
