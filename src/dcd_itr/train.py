@@ -44,6 +44,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from dcd_itr.distributed import distributed_context
 from dcd_itr.errors import CorruptFileError
 from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
 from dcd_itr.models.registry import load_model_weights
@@ -87,13 +88,6 @@ def linear_warmup_decay(total_steps: int, warmup_fraction: float) -> Callable[[i
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return multiplier
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world_size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _staging_folders(folder: Path) -> tuple[Path, Path]:

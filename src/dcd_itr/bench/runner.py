@@ -55,26 +55,21 @@ class BenchConfig:
 
 
 def bench_command_line(config: BenchConfig) -> str:
-    """The `dcd bench` command line that reruns ``config``'s benchmark."""
+    """The `dcd bench` command line that reruns ``config``'s benchmark, as recorded in its outputs."""
+    latency = config.latency
     parts = ["dcd bench"]
-    for flag in ("teacher", "cross", "dual"):
-        parts += [f"--{flag}", shlex.quote(str(getattr(config, flag)))]
-    for name, folder in config.baselines.items():
-        parts += ["--baseline", shlex.quote(f"{name}={folder}")]
-    parts += [
-        "--data",
-        shlex.quote(str(config.data)),
-        "--split",
-        config.split,
-        "--out",
-        shlex.quote(str(config.out)),
-    ]
-    parts += ["--cascade-k", *map(str, config.cascade_ks)]
-    parts += ["--latency-sizes", *map(str, config.latency.sizes if config.latency else [])]
-    parts += ["--skip-existing-itr"] if config.skip_existing_itr else []
-    parts += ["--threads", str(config.threads)] if config.threads else []
-    parts += ["--top-images", str(config.top_images)] if config.top_images else []
-    return " ".join(parts)
+    for flag in ("teacher", "cross", "dual", "data", "split", "out"):
+        value = getattr(config, flag)
+        if value is not None:
+            parts.append(f"--{flag} {shlex.quote(str(value))}")
+    if latency is not None and latency.hnsw_max_size is not None:
+        parts.append(f"--hnsw-max-size {latency.hnsw_max_size}")
+    parts += [f"--threads {config.threads}"] if config.threads is not None else []
+    parts.append("--cascade-k " + " ".join(map(str, config.cascade_ks)))
+    parts.append(" ".join(["--latency-sizes", *map(str, latency.sizes if latency else [])]))
+    parts += [f"--baseline {shlex.quote(f'{name}={folder}')}" for name, folder in config.baselines.items()]
+    parts += [f"--top-images {config.top_images}"] if config.top_images else []
+    return " ".join(parts + (["--skip-existing-itr"] if config.skip_existing_itr else []))
 
 
 def _load(folder: Path | None, want_cross: bool, role: str) -> torch.nn.Module | None:

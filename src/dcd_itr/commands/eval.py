@@ -8,19 +8,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dcd_itr.config import apply_override
+from dcd_itr.config import parse_key_values
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import evaluate_cascade, evaluate_cross_encoder, evaluate_model
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["dtype=bfloat16", "pair_batch_size=64"]`` -> a dict, each value parsed as YAML."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        apply_override(options, pair)
-    return options
 
 
 def run_eval(
@@ -114,6 +106,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             not a.quiet,
             a.cross_encoder,
             a.device,
-            parse_options(a.option),
+            parse_key_values(a.option, "--option"),
         )
     )

@@ -10,7 +10,7 @@ import yaml
 
 from dcd_itr.config import config_to_dict, load_config
 from dcd_itr.demo.plan import DemoRun, TrainedModels
-from dcd_itr.io_utils import file_sha256
+from dcd_itr.models.registry import weights_fingerprint
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
@@ -70,7 +70,7 @@ def _training_stage(
             shutil.rmtree(out)
         runner(config, progress=run.plan.progress)
         best = out / "best"
-        return {"best": str(best), "weights": file_sha256(best / "model.safetensors"), "config": str(saved)}
+        return {"best": str(best), "weights": weights_fingerprint(best), "config": str(saved)}
 
     return run.ledger.run(
         name,

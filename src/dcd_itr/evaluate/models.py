@@ -7,7 +7,6 @@ benchmarks and ``benchmarks/`` call them; the scoring itself lives in :mod:`dcd_
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score
 from dcd_itr.features import TOWER_BATCH_SIZE, SplitFeatures, load_split_features
 from dcd_itr.interfaces import FeatureBatch, is_cross_encoder
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
-from dcd_itr.models.registry import load_model
+from dcd_itr.models.registry import load_model, weights_fingerprint
 
 # Batch sizes of every full-ranking evaluation (`dcd eval`, the training validators, `dcd bench`, the demo), so
 # the same model gets the same numbers everywhere.
@@ -69,10 +68,6 @@ def cross_metrics(
     return recall_at_k_from_scores(result.scores, features.split.caption_to_image), result
 
 
-def _weights_hash(folder: Path) -> str:
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
-
-
 def _features(model, data: Path, features: Path, split: str) -> SplitFeatures:
     return load_split_features(data, features, split, model.image_views, model.text_views)
 
@@ -91,7 +86,7 @@ def evaluate_model(
     if not is_cross_encoder(model):
         return {"kind": "dual", **dual_metrics(model, cached)}
     checkpoint = scores_dir / f"{folder.parent.name}_{folder.name}_{split}" if scores_dir else None
-    fingerprint = f"{_weights_hash(folder)}:{split}"
+    fingerprint = f"{weights_fingerprint(folder)[:16]}:{split}"
     metrics, result = cross_metrics(model, cached, CROSS_TEXT_BLOCK, checkpoint, fingerprint, progress)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 

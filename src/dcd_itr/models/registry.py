@@ -12,7 +12,7 @@ from torch import nn
 
 from dcd_itr.config import config_from_dict, config_to_dict
 from dcd_itr.errors import ConfigError, CorruptFileError
-from dcd_itr.io_utils import load_checked, write_text_atomic
+from dcd_itr.io_utils import file_sha256, load_checked, write_text_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.zeroshot import ZeroShotBridge, ZeroShotConfig
@@ -52,6 +52,19 @@ def build_model_from_description(folder: Path) -> nn.Module:
         raise CorruptFileError(path, f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
     config_class, model_class = MODEL_KINDS[kind]
     return model_class(config_from_dict(config_class, description.get("config") or {}, str(path)))
+
+
+WEIGHTS_FILE = "model.safetensors"  # beside model.yaml in every saved model folder
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """sha256 (hex) of ``model_dir/model.safetensors``: the one id of a saved model's exact weights (teacher-score
+    caches, galleries, evaluation score checkpoints and the demo's stage ledger all key on it)."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    try:
+        return file_sha256(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model weights not found (is {model_dir} a model folder?)") from None
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:

@@ -16,7 +16,6 @@ shards on disk and never reads a partial one. A run with ``world > 1`` (``--shar
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dcd_itr.data.loading import load_split
+from dcd_itr.distributed import parse_shard, resolve_device
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
 from dcd_itr.io_utils import atomic_path, write_json_atomic
 from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
@@ -255,21 +255,6 @@ def build_index(
     return BuildResult(folder, len(gallery), embedded, time.perf_counter() - started, merged)
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4); None -> torchrun's ``RANK``/``WORLD_SIZE`` when set, else (0, 1)."""
-    if text is None:
-        text = f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}" if "WORLD_SIZE" in os.environ else "0/1"
-    rank, sep, world = text.partition("/")
-    if not sep or not rank.isdigit() or not world.isdigit() or not 0 <= int(rank) < int(world):
-        raise ConfigError(f"--shard {text!r}: expected RANK/WORLD with 0 <= RANK < WORLD, e.g. 0/4")
-    return int(rank), int(world)
-
-
-def _device_for_rank(device: str) -> str:
-    """Under torchrun, plain "cuda" means this rank's GPU (``LOCAL_RANK``)."""
-    return f"cuda:{os.environ['LOCAL_RANK']}" if device == "cuda" and "LOCAL_RANK" in os.environ else device
-
-
 def index_build(
     model: Path,
     data: Path,
@@ -290,7 +275,7 @@ def index_build(
     rank, world = parse_shard(shard)
     gallery = Gallery.from_split(load_split(data, split), side, model, data)
     result = build_index(
-        gallery, out, backend, params, rank, world, batch_size, shard_size, _device_for_rank(device), progress
+        gallery, out, backend, params, rank, world, batch_size, shard_size, resolve_device(device), progress
     )
     if result.merged:
         print(
