@@ -12,13 +12,16 @@ Writes benchmarks/results/ablation.json and ablation.md (the README's table).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
 from pathlib import Path
 
 import torch
+import yaml
 
+from dcd_itr.distill.losses import LOSSES as LOSS_CLASSES
 from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
@@ -56,6 +59,17 @@ def run_one(args, student: str, loss: str, seed: int) -> dict:
     return metrics
 
 
+def loss_label(loss: str, student: str) -> str:
+    """The row's loss name, with the distance when the committed config overrides the loss's own default
+    (configs/emoji_dcd_*.yaml set ``loss.distance: mse`` for every row, so ``wsl`` runs with MSE, not its KL)."""
+    config = yaml.safe_load((Path("configs") / f"emoji_dcd_{student}.yaml").read_text(encoding="utf-8"))
+    configured = (config.get("loss") or {}).get("distance")
+    default = inspect.signature(LOSS_CLASSES[loss].__init__).parameters.get("distance")
+    if configured and default is not None and default.default != configured:
+        return f"{loss} ({configured.upper()} distance)"
+    return loss
+
+
 def cell(values: list[float]) -> str:
     return (
         f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
@@ -69,9 +83,12 @@ def verdicts(results: dict[str, list[dict]]) -> list[str]:
     the two rows'), and how a `dcd` epoch's time compares with a `none` epoch's."""
     lines = []
     for student in sorted({name.split(" / ")[0] for name in results}):
-        runs = {
-            name.split(" / ")[1]: rows for name, rows in results.items() if name.startswith(f"{student} / ")
-        }
+        labels = {
+            name.split(" / ")[1].split(" (")[0]: name.split(" / ")[1]
+            for name in results
+            if name.startswith(f"{student} / ")
+        }  # loss -> its row label, e.g. wsl -> "wsl (MSE distance)"
+        runs = {loss: results[f"{student} / {label}"] for loss, label in labels.items()}
         if "dcd" not in runs:
             continue
         dcd = [r["rsum"] for r in runs["dcd"]]
@@ -83,7 +100,7 @@ def verdicts(results: dict[str, list[dict]]) -> list[str]:
             spread = max(statistics.pstdev(dcd), statistics.pstdev(values)) if len(dcd) > 1 else 0.0
             verdict = "yes" if gap > spread else "no"
             lines.append(
-                f"- {student}: dcd - {other} = {gap:+.1f} RSUM (larger seed std {spread:.1f}): "
+                f"- {student}: dcd - {labels[other]} = {gap:+.1f} RSUM (larger seed std {spread:.1f}): "
                 f"beyond one std: **{verdict}**"
             )
         if "none" in runs:
@@ -137,8 +154,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for student in args.students:
         for loss in args.losses:
-            results[f"{student} / {loss}"] = [run_one(args, student, loss, seed) for seed in args.seeds]
-            print(student, loss, cell([r["rsum"] for r in results[f"{student} / {loss}"]]), flush=True)
+            row = f"{student} / {loss_label(loss, student)}"
+            results[row] = [run_one(args, student, loss, seed) for seed in args.seeds]
+            print(row, cell([r["rsum"] for r in results[row]]), flush=True)
     table = markdown(reference, results)
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(

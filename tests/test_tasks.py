@@ -163,3 +163,17 @@ def test_teacher_then_dcd_students_then_cascade(workspace: dict) -> None:
     rows = json.loads(out.read_text())
     assert rows["cascade k=2"]["pairs_scored"] == 4 * 2 + 8 * 2
     assert rows[str(root / "teacher" / "best")]["kind"] == "cross"
+
+
+def test_unset_loss_fields_keep_each_loss_own_defaults():
+    from dcd_itr.distill.losses import build_loss
+    from dcd_itr.tasks.distill import LossConfig, _loss_options
+
+    assert _loss_options(LossConfig(name="wsl")) == {}
+    assert build_loss("wsl", **_loss_options(LossConfig(name="wsl"))).distance == "kl"  # WSL's own default
+    assert build_loss("dcd", **_loss_options(LossConfig())).distance == "mse"  # the reference code's
+    shared = LossConfig(
+        name="static", alpha=0.5, reduction="reference", distance="mse"
+    )  # one config, all rows
+    assert _loss_options(shared) == {"alpha": 0.5, "distance": "mse"}  # a reduction is dcd's only
+    assert _loss_options(LossConfig(name="none", alpha=0.5)) == {}

@@ -56,11 +56,17 @@ from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
 @dataclass
 class LossConfig:
+    """Which distillation loss, and the settings to change. A field left unset (None) keeps the loss's own default
+    (:mod:`dcd_itr.distill.losses` is the one place they are written: alpha 0.2 and T = 1 for every loss, the
+    per-sample reduction for dcd, the MSE distance for dcd and static, KL for wsl)."""
+
     name: str = "dcd"  # dcd | static | wsl | none (the ablation's four rows)
-    alpha: float = 0.2  # reference code: 20% teacher, 80% label
-    temperature: float = 1.0  # reference code
-    reduction: str = "per_sample"  # the fixed DCD form; "reference" reproduces the reference code's reduction
-    distance: str = "mse"  # reference code distils logits with MSE; "kl" is the alternative
+    alpha: float | None = None  # None: the loss's default
+    temperature: float | None = None  # None: the loss's default
+    reduction: str | None = (
+        None  # dcd only; None: the loss's default ("reference" reproduces the reference bug)
+    )
+    distance: str | None = None  # "mse" | "kl"; None: the loss's default
 
 
 @dataclass
@@ -300,9 +306,11 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
 
 
 def _loss_options(loss: LossConfig) -> dict:
+    """The set fields of ``loss`` that its loss takes (``none`` takes none, only ``dcd`` takes a reduction), so a
+    config shared by the ablation's rows works for all four; unset fields are left to the loss's defaults."""
     if loss.name == "none":
         return {}
     options = {"alpha": loss.alpha, "temperature": loss.temperature, "distance": loss.distance}
     if loss.name == "dcd":
         options["reduction"] = loss.reduction
-    return options
+    return {name: value for name, value in options.items() if value is not None}
