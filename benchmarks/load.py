@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
-from dcd_itr.search.loadtest import build_synthetic_index, rss_bytes, run_load, synthetic_queries
+from dcd_itr.speed.service_load import rss_bytes, run_load, synthetic_queries
+from dcd_itr.speed.tiny_model import build_synthetic_index
 
 MIB = 2**20
 

@@ -26,7 +26,7 @@ from dcd_itr.config import load_config
 from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
-from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
+from dcd_itr.tasks.teacher_training import TeacherTrainingConfig, train_teacher
 
 BASELINE_ROW = "trained dual, InfoNCE (lite0 @ 128 px)"
 TARGET_MARGIN = 30.0

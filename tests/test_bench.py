@@ -10,23 +10,23 @@ import numpy as np
 import pytest
 from transformers import BlipConfig, ViltConfig
 
-from dcd_itr.bench import projection
-from dcd_itr.bench.latency import (
+from dcd_itr.cli import main
+from dcd_itr.commands.eval import run_eval
+from dcd_itr.features import cache_features
+from dcd_itr.models.fusion import cut_student
+from dcd_itr.models.registry import load_model
+from dcd_itr.speed import projection
+from dcd_itr.speed.latency import (
     LatencyConfig,
     recall_at_k,
     run_latency,
     setting_label,
     synthetic_gallery,
 )
-from dcd_itr.bench.projection import CostModel, cost_from_run, dual_ranking_seconds, project
-from dcd_itr.bench.ranking import SystemRun
-from dcd_itr.bench.report import best_setting
-from dcd_itr.bench.runner import BenchConfig, run_benchmark
-from dcd_itr.cli import main
-from dcd_itr.commands.eval import run_eval
-from dcd_itr.features import cache_features
-from dcd_itr.models.fusion import cut_student
-from dcd_itr.models.registry import load_model
+from dcd_itr.speed.projection import CostModel, cost_from_run, dual_ranking_seconds, project
+from dcd_itr.speed.ranking import SystemRun
+from dcd_itr.speed.runner import BenchConfig, run_benchmark
+from dcd_itr.speed.tables import best_setting
 from search_fixtures import _save, tiny_setup
 
 TINY = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 37, "num_hidden_layers": 2}

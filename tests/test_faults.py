@@ -859,7 +859,7 @@ def test_load_summary_and_loopback_guard():
     """Percentiles against hand-computed values; a load test refuses any host but loopback."""
     from collections import Counter
 
-    from dcd_itr.search.loadtest import LoadResult, check_loopback
+    from dcd_itr.speed.service_load import LoadResult, check_loopback
 
     result = LoadResult(
         seconds=2.0,
@@ -890,7 +890,8 @@ def test_served_index_under_concurrent_load_answers_everything(tmp_path):
         import load as load_benchmark
     finally:
         sys.path.pop(0)
-    from dcd_itr.search.loadtest import build_synthetic_index, rss_bytes, run_load, synthetic_queries
+    from dcd_itr.speed.service_load import rss_bytes, run_load, synthetic_queries
+    from dcd_itr.speed.tiny_model import build_synthetic_index
 
     index = build_synthetic_index(tmp_path, num_vectors=5000, embed_dim=32)
     port = load_benchmark.free_port()

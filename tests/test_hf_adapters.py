@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from dcd_itr.interfaces import CrossEncoder, concat_features, expand_score_matrix, feature_batch_size
-from dcd_itr.models.hf_adapters import (
+from dcd_itr.models.hf.adapters import (
     HF_CROSS_ENCODERS,
     BlipITMCrossEncoder,
     HFCrossEncoder,

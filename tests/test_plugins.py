@@ -14,8 +14,8 @@ from conftest import write_karpathy_fixture
 from dcd_itr.cli import main
 from dcd_itr.data.image_files import ImageFiles
 from dcd_itr.data.loading import load_split
+from dcd_itr.distill.frozen_teacher import load_frozen_teacher
 from dcd_itr.distill.pools import build_pools, score_pools_by_image
-from dcd_itr.distill.teacher import load_frozen_teacher
 from dcd_itr.models.plugins import ScoreFunctionCrossEncoder, load_plugin, parse_spec
 from test_hf_adapters import tiny_adapter
 

@@ -1,14 +1,14 @@
 """`dcd bench`: the speed/quality benchmark -- full ranking by every system, projections to COCO / Flickr30K,
-online query latency, and the plot (see :mod:`dcd_itr.bench`)."""
+online query latency, and the plot (see :mod:`dcd_itr.speed`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from dcd_itr.bench.latency import LatencyConfig
-from dcd_itr.bench.runner import BenchConfig, bench_command_line, run_benchmark
 from dcd_itr.errors import ConfigError
+from dcd_itr.speed.latency import LatencyConfig
+from dcd_itr.speed.runner import BenchConfig, bench_command_line, run_benchmark
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

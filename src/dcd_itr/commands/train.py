@@ -17,7 +17,7 @@ from dcd_itr.config import load_config
 from dcd_itr.distributed import resolve_device, torchrun_process_group
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
-from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
+from dcd_itr.tasks.teacher_training import TeacherTrainingConfig, train_teacher
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
-from dcd_itr.data.report import ReadReport
+from dcd_itr.data.read_report import ReadReport
 from dcd_itr.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}

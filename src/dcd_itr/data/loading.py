@@ -11,7 +11,7 @@ from pathlib import Path
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.karpathy import read_karpathy_json
 from dcd_itr.data.pairs import read_pairs
-from dcd_itr.data.report import ReadReport
+from dcd_itr.data.read_report import ReadReport
 from dcd_itr.errors import DataError
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.karpathy import SPLIT_ALIASES, check_text
-from dcd_itr.data.report import ReadReport
+from dcd_itr.data.read_report import ReadReport
 from dcd_itr.errors import DataError
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # train/val/test, the usual retrieval proportions

@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from dcd_itr.bench.runner import BenchConfig, bench_command_line, run_benchmark
 from dcd_itr.data.emoji import DEFAULT_SEED
 from dcd_itr.demo.environment import describe_machine, package_versions
 from dcd_itr.demo.examples import correct_positions, example_sheet, pick_queries
@@ -27,6 +26,7 @@ from dcd_itr.errors import CorruptFileError
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.search.build import index_build
 from dcd_itr.search.gallery import Gallery
+from dcd_itr.speed.runner import BenchConfig, bench_command_line, run_benchmark
 
 SPEED_FILES = ["speed.json", "speed.md", "speed_plot.png", "top_images.json", "test_metrics.json"]
 

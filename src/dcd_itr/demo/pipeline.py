@@ -12,7 +12,7 @@ redoes everything. The ledger's fingerprints hold values (configs, hashes, setti
 moving code does not invalidate a finished run.
 
 Every system ranks the test split exactly once: the speed stage runs the speed benchmark's full ranking
-(:mod:`dcd_itr.bench.ranking`) from raw images and captions, towers included, for the teacher, both students,
+(:mod:`dcd_itr.speed.ranking`) from raw images and captions, towers included, for the teacher, both students,
 the cascades and the no-teacher baseline, and the table takes both Recall@K and the time to rank from that run.
 """
 

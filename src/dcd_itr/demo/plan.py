@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcd_itr.bench.latency import LatencyConfig
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.demo.ledger import StageLedger
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
+from dcd_itr.speed.latency import LatencyConfig
 
 TEACHER_VIEWS = ["efficientnet-lite0@224", "efficientnet-lite1@240", "efficientnet-lite2@260"]
 STUDENT_VIEWS = ["efficientnet-lite0@128"]

@@ -1,7 +1,7 @@
 """The demo's summary table and ``report.md``: the table, the quality-vs-speed plot, example queries, the
 ablation summary when one was run, the resolved configs, package versions and the machine.
 
-Every number in the table comes from one run of the speed benchmark (:mod:`dcd_itr.bench`): each system ranks
+Every number in the table comes from one run of the speed benchmark (:mod:`dcd_itr.speed`): each system ranks
 the whole test split from raw images and captions, towers included, and its Recall@K is computed from the scores
 that timed run produced, so quality and time describe the same computation.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcd_itr.bench.common import format_ratio, format_seconds
 from dcd_itr.io_utils import write_text_atomic
+from dcd_itr.speed.common import format_ratio, format_seconds
 
 SYSTEM_LABELS = {
     "teacher": "fusion teacher",

@@ -13,7 +13,7 @@ from dcd_itr.demo.plan import DemoRun, TrainedModels
 from dcd_itr.models.registry import weights_fingerprint
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
-from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
+from dcd_itr.tasks.teacher_training import TeacherTrainingConfig, train_teacher
 
 
 def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:

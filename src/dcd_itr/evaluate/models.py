@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dcd_itr.distill.teacher import load_frozen_teacher
+from dcd_itr.distill.frozen_teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score_all_pairs
 from dcd_itr.features import TOWER_BATCH_SIZE, SplitFeatures, load_split_features

@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
+from dcd_itr.distill.frozen_teacher import Teacher, load_frozen_teacher
 from dcd_itr.distill.losses import build_loss
 from dcd_itr.distill.pools import DIRECTIONS, Pools, score_pools, score_pools_by_image
-from dcd_itr.distill.teacher import Teacher, load_frozen_teacher
 from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
 from dcd_itr.distributed import distributed_context, resolve_device
 from dcd_itr.errors import ConfigError

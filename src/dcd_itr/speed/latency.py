@@ -19,8 +19,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dcd_itr.bench.common import percentile_ms, timed
 from dcd_itr.search.index import create_index
+from dcd_itr.speed.common import percentile_ms, timed
 
 
 @dataclass

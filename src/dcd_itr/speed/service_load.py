@@ -1,20 +1,17 @@
-"""A bounded load generator for ``dcd serve``, and a synthetic index to point it at.
+"""A bounded load generator for ``dcd serve`` (point it at :func:`dcd_itr.speed.tiny_model.build_synthetic_index`).
 
-- :func:`build_synthetic_index`: a tiny dual model with random weights (a 2-layer BERT text tower, a 2-stage
-  ResNet image tower: query latency depends on the architecture, not on the weights) and an index of
-  ``num_vectors`` random unit vectors of its dimension, with a gallery of fake captions. No dataset needed.
 - :func:`run_load`: ``clients`` concurrent loops of ``POST /search/text`` until ``seconds`` have passed or
   ``max_requests`` were sent, whichever comes first; every latency and status is recorded. Loopback only: a
   load test is never pointed at another machine by accident.
 - :func:`rss_bytes`: a process's resident memory, from ``/proc``.
+- :func:`synthetic_queries`: short text queries in the tiny model's vocabulary.
 
-``benchmarks/load.py`` puts the three together; the tests run them small.
+``benchmarks/load.py`` puts them together with the synthetic index; the tests run them small.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,21 +20,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from dcd_itr.speed.tiny_model import TEXT_VOCAB
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-TEXT_VOCAB = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "a",
-    "the",
-    "red",
-    "green",
-    "blue",
-    "square",
-    "dog",
-]
 
 
 @dataclass
@@ -138,79 +123,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def build_tiny_dual_model(folder: Path, embed_dim: int = 64, seed: int = 0) -> Path:
-    """A dual model folder with random tiny towers (saved beside it); returns the model folder."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig, ResNetModel
-
-    from dcd_itr.models.dual import DualConfig, DualEncoderModel
-    from dcd_itr.models.registry import save_model_description
-
-    torch.manual_seed(seed)
-    image_tower, text_tower, model_dir = folder / "resnet", folder / "bert", folder / "dual"
-    ResNetModel(
-        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-    ).save_pretrained(image_tower)
-    BertTokenizer(vocab={token: i for i, token in enumerate(TEXT_VOCAB)}).save_pretrained(text_tower)
-    bert = BertConfig(
-        vocab_size=len(TEXT_VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    BertModel(bert).save_pretrained(text_tower)
-    config = DualConfig(
-        image_view=f"hf:{image_tower}@32",
-        text_view=f"hf:{text_tower}@16",
-        image_dim=16,
-        text_dim=32,
-        embed_dim=embed_dim,
-        hidden_dim=64,
-        dropout=0.0,
-    )
-    model = DualEncoderModel(config).eval()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    save_model_description(model, model_dir)
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(model_dir / "model.safetensors"))
-    return model_dir
-
-
-def build_synthetic_index(
-    folder: Path, num_vectors: int = 100_000, embed_dim: int = 64, seed: int = 0
-) -> Path:
-    """``folder/index``: ``num_vectors`` random unit vectors in a faiss-flat index, searchable by the tiny model
-    in ``folder/dual`` (same dimension); the gallery's image files do not exist (text search never reads them)."""
-    from dcd_itr.models.registry import weights_fingerprint
-    from dcd_itr.search.gallery import Gallery
-    from dcd_itr.search.index import create_index
-
-    folder = Path(folder)
-    model_dir = build_tiny_dual_model(folder, embed_dim, seed)
-    vectors = np.random.default_rng(seed).standard_normal((num_vectors, embed_dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # (N, D) unit rows
-    index = create_index("faiss-flat", embed_dim)
-    index.add(np.arange(num_vectors, dtype=np.int64), vectors)
-    out = folder / "index"
-    index.save(out)
-    gallery = Gallery(
-        side="images",
-        image_ids=[str(i) for i in range(num_vectors)],
-        image_paths=[str(out / "images" / f"{i}.png") for i in range(num_vectors)],
-        image_captions=[[f"synthetic item {i}"] for i in range(num_vectors)],
-        item_texts=[],
-        item_images=[],
-        model_dir=str(model_dir.resolve()),
-        model_fingerprint=weights_fingerprint(model_dir),
-        source={"data": "synthetic random unit vectors", "split": json.dumps({"seed": seed})},
-    )
-    gallery.save(out)
-    return out
 
 
 def synthetic_queries(count: int = 64, seed: int = 0) -> list[str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dcd_itr.bench.common import format_ratio, format_seconds
-from dcd_itr.bench.latency import setting_label
-from dcd_itr.bench.projection import RANKING_BENCHMARKS
-from dcd_itr.bench.ranking import TOP_IMAGES, SystemRun
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
+from dcd_itr.speed.common import format_ratio, format_seconds
+from dcd_itr.speed.latency import setting_label
+from dcd_itr.speed.projection import RANKING_BENCHMARKS
+from dcd_itr.speed.ranking import TOP_IMAGES, SystemRun
 
 TARGETS = {  # the targets
     "dual_speedup_coco": 1000.0,

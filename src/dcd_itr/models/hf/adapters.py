@@ -29,10 +29,10 @@ from typing import Any
 
 from transformers import BlipConfig, BridgeTowerConfig, PretrainedConfig, ViltConfig
 
-from dcd_itr.models.hf_base import HFCrossEncoder
-from dcd_itr.models.hf_blip import BlipITMCrossEncoder
-from dcd_itr.models.hf_bridgetower import BridgeTowerCrossEncoder
-from dcd_itr.models.hf_vilt import ViltCrossEncoder
+from dcd_itr.models.hf.base import HFCrossEncoder
+from dcd_itr.models.hf.blip import BlipITMCrossEncoder
+from dcd_itr.models.hf.bridgetower import BridgeTowerCrossEncoder
+from dcd_itr.models.hf.vilt import ViltCrossEncoder
 
 __all__ = [
     "HF_CROSS_ENCODERS",

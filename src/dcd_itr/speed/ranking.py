@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from dcd_itr.bench.common import ratio, timed
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders import build_image_tower, build_text_tower
@@ -31,6 +30,7 @@ from dcd_itr.evaluate.models import CROSS_ENCODE_BATCH, CROSS_TEXT_BLOCK, DUAL_E
 from dcd_itr.features import TOWER_BATCH_SIZE
 from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores, top_k_candidates
+from dcd_itr.speed.common import ratio, timed
 
 TOP_IMAGES = 10  # each caption's best images kept per system (outside the timed part), for example queries
 

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from dcd_itr.interfaces import FeatureBatch, feature_batch_size, slice_features
-from dcd_itr.models.hf_base import HFCrossEncoder, check_images, trim_to_longest
+from dcd_itr.models.hf.base import HFCrossEncoder, check_images, trim_to_longest
 
 ENC_TOKEN = "[ENC]"  # the original BLIP's first token for image-grounded text encoding
 

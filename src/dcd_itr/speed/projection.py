@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 from transformers import PretrainedConfig
 
-from dcd_itr.bench.common import TIMING_ONLY_LABEL, timed
-from dcd_itr.bench.ranking import SystemRun
 from dcd_itr.metrics import rank_dual
-from dcd_itr.models.hf_adapters import HF_CROSS_ENCODERS, full_size_config
+from dcd_itr.models.hf.adapters import HF_CROSS_ENCODERS, full_size_config
+from dcd_itr.speed.common import TIMING_ONLY_LABEL, timed
+from dcd_itr.speed.ranking import SystemRun
 
 RANKING_BENCHMARKS = {  # Karpathy test splits: images, captions (COCO has a few images with 6 captions)
     "COCO-5K": (5_000, 25_010),

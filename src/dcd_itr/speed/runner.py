@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from dcd_itr.bench import latency as latency_part
-from dcd_itr.bench import projection, ranking, report
-from dcd_itr.bench.common import TIMING_ONLY_LABEL, machine_info, thread_count
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import ConfigError
 from dcd_itr.interfaces import is_cross_encoder
 from dcd_itr.models.end_to_end import EndToEnd
 from dcd_itr.models.registry import load_model
+from dcd_itr.speed import latency as latency_part
+from dcd_itr.speed import projection, ranking, tables
+from dcd_itr.speed.common import TIMING_ONLY_LABEL, machine_info, thread_count
 
 
 @dataclass
@@ -189,13 +189,13 @@ def _run(config: BenchConfig, threads: int, log) -> dict[str, Any]:
     payload["models"] = {key: str(value) if value else None for key, value in payload["models"].items()}
     payload["models"] |= {name: str(folder) for name, folder in config.baselines.items()}
     payload["machine"]["load_average_at_end"] = machine_info(threads)["load_average_1_5_15"]
-    payload["targets"] = report.targets(payload)
-    paths = report.write_outputs(payload, Path(config.out))
+    payload["targets"] = tables.targets(payload)
+    paths = tables.write_outputs(payload, Path(config.out))
     if config.top_images > 0:
-        paths["top_images"] = report.write_top_images(
+        paths["top_images"] = tables.write_top_images(
             runs, payload["split"], config.top_images, Path(config.out)
         )
     if config.print_report:
-        log(report.markdown(payload))
+        log(tables.markdown(payload))
     log("written: " + ", ".join(str(path) for path in paths.values()))
     return payload
