@@ -1,58 +1,22 @@
-"""Shared fixtures: small datasets in the real on-disk formats, created by the tests (nothing downloads)."""
+"""Shared fixtures (nothing downloads): tiny towers, small datasets, and one feature-cache workspace per session,
+handed out as a copy. Plain helpers live in ``helpers.py``."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import time
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from PIL import Image
+
+from helpers import TINY, TINY_VOCAB, write_karpathy_fixture, write_shapes_fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
-TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "puppy", "the", "red", "ball", "##s"]
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "cyan"]
-
-
-def make_image(path: Path, colour: str = "red", size: tuple[int, int] = (24, 24), mode: str = "RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).convert(mode).save(path)
-    return path
-
-
-def karpathy_record(index: int, split: str, captions: list[str], filepath: str = "imgs") -> dict:
-    return {
-        "filepath": filepath,
-        "filename": f"img{index}.png",
-        "imgid": index,
-        "split": split,
-        "sentids": list(range(10 * index, 10 * index + len(captions))),
-        "sentences": [{"raw": c, "imgid": index, "sentid": 10 * index + k} for k, c in enumerate(captions)],
-    }
-
-
-def write_karpathy_fixture(root: Path, records: list[dict] | None = None) -> Path:
-    """A tiny Karpathy-format dataset: 8 single-colour images, 2 captions each, train/restval/val/test."""
-    if records is None:
-        splits = ["train", "train", "restval", "train", "val", "val", "test", "test"]
-        records = [
-            karpathy_record(i, split, [f"a {COLOURS[i]} square", f"the colour {COLOURS[i]}"])
-            for i, split in enumerate(splits)
-        ]
-    for record in records:
-        if isinstance(record, dict) and isinstance(record.get("filename"), str):
-            make_image(root / record.get("filepath", "") / record["filename"], COLOURS[record["imgid"] % 8])
-    path = root / "dataset_tiny.json"
-    path.write_text(json.dumps({"dataset": "tiny", "images": records}), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -85,30 +49,6 @@ def tiny_bert_path(tmp_path_factory):
     return path
 
 
-def write_shapes_fixture(root: Path, num_images: int = 24) -> Path:
-    """A Karpathy-format dataset of coloured shapes: 2 captions per image, 2/3 train, 1/6 val, 1/6 test."""
-    from PIL import ImageDraw
-
-    generator = torch.Generator().manual_seed(0)
-    records = []
-    for index in range(num_images):
-        red, green, blue = (int(v) for v in torch.randint(0, 256, (3,), generator=generator))
-        shape = ["circle", "square", "bar"][index % 3]
-        image = Image.new("RGB", (40, 40), "white")
-        draw = ImageDraw.Draw(image)
-        box = (8, 8, 32, 32) if shape != "bar" else (4, 16, 36, 24)
-        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=(red, green, blue))
-        path = root / "imgs" / f"img{index}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        split = "train" if index % 6 < 4 else ("val" if index % 6 == 4 else "test")
-        captions = [f"a {shape} of colour {red} {green} {blue}", f"the {shape} number {index}"]
-        records.append(karpathy_record(index, split, captions))
-    path = root / "dataset_shapes.json"
-    path.write_text(json.dumps({"dataset": "shapes", "images": records}), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one thread (no thread hand-offs, no fight for shared cores); restored after.
@@ -121,33 +61,42 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_fusion_settings(image_view: str, text_view: str) -> dict:
-    """The fusion block of a tiny teacher config on 32-wide tiny random towers (tests only)."""
-    return {
-        "fusion_image_view": image_view,
-        "fusion_text_view": text_view,
-        "image_token_dim": 32,
-        "text_token_dim": 32,
-        "image_grid": 2,
-        "max_text_tokens": 16,
-        "width": 16,
-        "num_layers": 2,
-        "num_heads": 2,
-    }
+@pytest.fixture(scope="session")
+def feature_workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> Callable[..., dict]:
+    """``feature_workspace(dataset="shapes", num_images=24, shard_size=None)`` -> a fresh copy of a workspace
+    folder: the dataset (``shapes``: coloured shapes, ``karpathy``: the 8-image colour fixture) and its feature
+    cache from the tiny towers, ``dcd features`` run once per session per (dataset, size, shard size).
 
+    Returns ``{"root", "data", "cache", "image_view", "text_view", "feature_args"}``; the copy is the caller's to
+    write run folders into, resume, kill or corrupt, without touching any other test's workspace."""
+    from dcd_itr.cli import main
 
-def spawn_ranks(rank_main, args: tuple, world_size: int, timeout_s: float) -> None:
-    """Run ``rank_main(rank, free_port, *args)`` in ``world_size`` processes; a rank that fails raises, and ranks
-    still running after ``timeout_s`` are terminated and fail the test instead of hanging it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    context = mp.spawn(rank_main, args=(port, *args), nprocs=world_size, join=False)
-    deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=max(0.0, deadline - time.monotonic())):  # raises if a rank failed
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-                    process.join(5)
-            pytest.fail(f"the {world_size} ranks did not finish within {timeout_s} s")
+    image_view, text_view = f"hf:{tiny_vit_path}@32", f"hf:{tiny_bert_path}@16"
+    feature_args = ["--image-encoder", image_view, "--text-encoder", text_view, "--quiet"]
+    built: dict[tuple, Path] = {}
+
+    def copy(dataset: str = "shapes", num_images: int = 24, shard_size: int | None = None) -> dict:
+        key = (dataset, num_images, shard_size)
+        if key not in built:
+            master = tmp_path_factory.mktemp(f"workspace-{dataset}-{num_images}")
+            if dataset == "shapes":
+                data = write_shapes_fixture(master, num_images=num_images)
+            else:
+                data = write_karpathy_fixture(master)
+            shards = ["--shard-size", str(shard_size)] if shard_size else []
+            args = ["features", "--data", str(data), "--out", str(master / "cache"), *feature_args, *shards]
+            assert main(args) == 0
+            built[key] = master
+        root = tmp_path_factory.mktemp(f"{dataset}-copy")
+        shutil.copytree(built[key], root, dirs_exist_ok=True)
+        data_name = "dataset_shapes.json" if dataset == "shapes" else "dataset_tiny.json"
+        return {
+            "root": root,
+            "data": root / data_name,
+            "cache": root / "cache",
+            "image_view": image_view,
+            "text_view": text_view,
+            "feature_args": ["--data", str(root / data_name), *feature_args],
+        }
+
+    return copy

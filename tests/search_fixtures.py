@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import karpathy_record, make_image
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.registry import save_model_description
+from helpers import karpathy_record, make_image
 
 COLOUR_NAMES = [
     "red",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import karpathy_record, make_image, write_karpathy_fixture
 from dcd_itr.data.loading import load_dataset, load_split
 from dcd_itr.data.pairs import hash_split, read_pairs
 from dcd_itr.errors import DataError
+from helpers import karpathy_record, make_image, write_karpathy_fixture
 
 
 def test_karpathy_reads_splits_and_caption_mapping(karpathy_dataset: Path) -> None:

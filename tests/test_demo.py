@@ -12,7 +12,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import tiny_fusion_settings, write_karpathy_fixture, write_shapes_fixture
 from dcd_itr.commands.bench import parse_baselines
 from dcd_itr.data.loading import load_split
 from dcd_itr.demo import DemoPlan, demo
@@ -20,6 +19,7 @@ from dcd_itr.demo.examples import CELL, CORRECT, FRAME, GAP, GROUP_GAP, MARGIN, 
 from dcd_itr.demo.ledger import LEDGER_FILE, StageLedger
 from dcd_itr.errors import ConfigError
 from dcd_itr.speed import projection
+from helpers import tiny_fusion_settings, write_karpathy_fixture, write_shapes_fixture
 
 # ----------------------------------------------------------------------------- the stage ledger
 

@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import spawn_ranks, write_karpathy_fixture
 from dcd_itr.cli import main
+from helpers import spawn_ranks, write_karpathy_fixture
 
 WORLD_SIZE = 2
 JOIN_TIMEOUT_S = 180  # start-up and a tiny run take seconds; a hang fails instead of waiting

@@ -42,7 +42,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import search_fixtures
-from conftest import write_shapes_fixture
 from dcd_itr import features as features_module
 from dcd_itr import train as train_module
 from dcd_itr.cli import main
@@ -195,21 +194,13 @@ def cli_error(capsys, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> dict:
+def workspace(feature_workspace) -> dict:
     """A 48-image shapes dataset, tiny towers, its feature cache, a random fusion teacher and run configs."""
-    root = tmp_path_factory.mktemp("faults")
-    data = write_shapes_fixture(root, num_images=48)  # train 32 images / 64 captions, val 8 / 16, test 8 / 16
-    image_view, text_view = f"hf:{tiny_vit_path}@32", f"hf:{tiny_bert_path}@16"
-    feature_args = [
-        "--data",
-        str(data),
-        "--image-encoder",
-        image_view,
-        "--text-encoder",
-        text_view,
-        "--quiet",
-    ]
-    in_process("features", *feature_args, "--out", str(root / "cache"), "--shard-size", "8")
+    shared = feature_workspace(
+        "shapes", num_images=48, shard_size=8
+    )  # train 32 / 64, val 8 / 16, test 8 / 16
+    root, data, feature_args = shared["root"], shared["data"], shared["feature_args"]
+    image_view, text_view = shared["image_view"], shared["text_view"]
     dual = DualConfig(image_view, text_view, image_dim=32, text_dim=32, embed_dim=8, hidden_dim=16)
     torch.manual_seed(0)
     teacher = FusionCrossEncoder(

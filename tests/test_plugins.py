@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import write_karpathy_fixture
 from dcd_itr.cli import main
 from dcd_itr.data.image_files import ImageFiles
 from dcd_itr.data.loading import load_split
@@ -28,16 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> dict:
+def workspace(feature_workspace) -> dict:
     """The fixture dataset, a tiny random ViLT saved like a downloaded checkpoint, and the student's features."""
-    root = tmp_path_factory.mktemp("plugins")
-    data = write_karpathy_fixture(root / "data")
+    shared = feature_workspace("karpathy")
+    root, data = shared["root"], shared["data"]
     vilt = root / "vilt"
     vilt.mkdir()
     tiny_adapter("vilt", vilt).save_pretrained(vilt)
-    views = {"image_view": f"hf:{tiny_vit_path}@32", "text_view": f"hf:{tiny_bert_path}@16"}
-    command = ["features", "--data", str(data), "--out", str(root / "cache"), "--quiet"]
-    assert main([*command, "--image-encoder", views["image_view"], "--text-encoder", views["text_view"]]) == 0
+    views = {"image_view": shared["image_view"], "text_view": shared["text_view"]}
     return {"root": root, "data": data, "vilt": vilt, "views": views}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_karpathy_fixture
+from helpers import write_karpathy_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [ROOT / "examples" / "rank_with_student.py", ROOT / "examples" / "distill_own_teacher.py"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_VOCAB, karpathy_record, write_karpathy_fixture
 from dcd_itr.cli import main
+from helpers import TINY_VOCAB, karpathy_record, write_karpathy_fixture
 from test_hf_adapters import tiny_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def write_dataset(folder: Path, image_folder: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> dict:
+def recipe_workspace(tmp_path_factory) -> dict:
     """A working folder laid out like the README says (data/coco, data/flickr30k), and tiny stand-ins by hub id."""
     root = tmp_path_factory.mktemp("recipes")
     write_dataset(root / "data" / "coco", "val2014")  # COCO's JSON gives a filepath per image
@@ -105,9 +105,9 @@ def test_every_recipe_names_a_published_teacher_and_its_commands() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=[recipe.stem for recipe in RECIPES])
-def test_recipe_runs_end_to_end_on_a_tiny_fixture(workspace: dict, recipe: Path, monkeypatch) -> None:
-    monkeypatch.chdir(workspace["root"])
-    stand_ins = workspace["stand_ins"]
+def test_recipe_runs_end_to_end_on_a_tiny_fixture(recipe_workspace: dict, recipe: Path, monkeypatch) -> None:
+    monkeypatch.chdir(recipe_workspace["root"])
+    stand_ins = recipe_workspace["stand_ins"]
     config = yaml.safe_load(recipe.read_text())
     for command in recipe_commands(recipe):
         command = [replace_ids(part, stand_ins) for part in command]

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import search_fixtures
-from conftest import karpathy_record, make_image
 from dcd_itr.cli import main
 from dcd_itr.commands.index import index_info
 from dcd_itr.data.loading import load_split
@@ -30,6 +29,7 @@ from dcd_itr.models.registry import weights_fingerprint
 from dcd_itr.search import build as build_module
 from dcd_itr.search.build import index_build, index_merge
 from dcd_itr.search.retriever import Retriever
+from helpers import karpathy_record, make_image
 from search_fixtures import built_index, tiny_setup
 
 

@@ -8,30 +8,19 @@ import json
 import pytest
 import yaml
 
-from conftest import tiny_fusion_settings, write_shapes_fixture
 from dcd_itr.cli import main
+from helpers import tiny_fusion_settings
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> dict:
-    root = tmp_path_factory.mktemp("tasks")
-    data = write_shapes_fixture(root)
-    image_view, text_view = f"hf:{tiny_vit_path}@32", f"hf:{tiny_bert_path}@16"
-    code = main(
-        [
-            "features",
-            "--data",
-            str(data),
-            "--out",
-            str(root / "cache"),
-            "--image-encoder",
-            image_view,
-            "--text-encoder",
-            text_view,
-            "--quiet",
-        ]
+def workspace(feature_workspace) -> dict:
+    shared = feature_workspace("shapes", num_images=24)
+    root, data, image_view, text_view = (
+        shared["root"],
+        shared["data"],
+        shared["image_view"],
+        shared["text_view"],
     )
-    assert code == 0
     dual = {
         "image_view": image_view,
         "text_view": text_view,
