@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers import TINY, TINY_VOCAB, write_karpathy_fixture, write_shapes_fixture
+from search_fixtures import TinySetup, build_tiny_index, build_tiny_setup
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -59,6 +60,42 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory) -> TinySetup:
+    """Tiny ResNet/BERT towers, a dual model, a fusion cross-encoder and an 11-image test split (search tests)."""
+    return build_tiny_setup(tmp_path_factory.mktemp("tiny_search"))
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, tiny_search) -> Callable[..., Path]:
+    """``tiny_index(side="images", backend="faiss-flat")`` -> an index folder of the tiny test split, built once
+    per session per (side, backend). Shared: copy it before changing it."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def index(side: str = "images", backend: str = "faiss-flat") -> Path:
+        if (side, backend) not in built:
+            out = tmp_path_factory.mktemp(f"index-{side}-{backend}")
+            built[side, backend] = build_tiny_index(tiny_search, out, side, backend)
+        return built[side, backend]
+
+    return index
+
+
+@pytest.fixture(scope="session")
+def tiny_retriever(tiny_search, tiny_index) -> Callable[[str], object]:
+    """``tiny_retriever(side)`` -> a Retriever (with the cross-encoder) over ``tiny_index(side)``, one per side."""
+    from dcd_itr.search.retriever import Retriever
+
+    built: dict[str, Retriever] = {}
+
+    def retriever(side: str) -> Retriever:
+        if side not in built:
+            built[side] = Retriever(tiny_index(side), cross_dir=tiny_search.cross)
+        return built[side]
+
+    return retriever
 
 
 @pytest.fixture(scope="session")

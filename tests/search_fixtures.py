@@ -2,7 +2,8 @@
 
 Towers are random ``transformers`` models saved to a temporary folder (a 2-stage ResNet whose feature map is a
 square token grid, so the fusion cross-encoder can pool it, and a 2-layer BERT with its own vocabulary); nothing
-downloads. Each builder caches its result for the session, so the models are made once.
+downloads. The session fixtures of ``conftest.py`` (``tiny_search``, ``tiny_index``, ``tiny_retriever``) build them
+once per test session.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig, ResNetModel
 
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.registry import save_model_description
+from dcd_itr.search.build import index_build
 from helpers import karpathy_record, make_image
 
 COLOUR_NAMES = [
@@ -47,7 +50,6 @@ COLOUR_VALUES = [
     (250, 150, 200),
 ]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "square", "colour", *COLOUR_NAMES]
-_CACHE: dict[str, object] = {}
 
 
 @dataclass
@@ -59,7 +61,7 @@ class TinySetup:
     text_tower: Path
 
 
-def _save(model: torch.nn.Module, folder: Path) -> Path:
+def save_model(model: torch.nn.Module, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_model_description(model, folder)
     save_file(
@@ -94,13 +96,9 @@ def tiny_dual_config(image_tower: Path, text_tower: Path, embed_dim: int = 8) ->
     )
 
 
-def tiny_setup(tmp_path_factory) -> TinySetup:
-    """Towers, a dual model, a cross-encoder and the dataset, made once per test session."""
-    if "setup" in _CACHE:
-        return _CACHE["setup"]
-    from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig, ResNetModel
-
-    root = tmp_path_factory.mktemp("tiny_search")
+def build_tiny_setup(root: Path) -> TinySetup:
+    """Towers, a dual model, a cross-encoder and the dataset under ``root`` (the ``tiny_search`` fixture makes
+    them once per test session)."""
     torch.manual_seed(0)
     image_tower, text_tower = root / "resnet", root / "bert"
     ResNetModel(
@@ -117,7 +115,7 @@ def tiny_setup(tmp_path_factory) -> TinySetup:
     )
     BertModel(bert).save_pretrained(text_tower)
     dual_config = tiny_dual_config(image_tower, text_tower)
-    dual = _save(DualEncoderModel(dual_config).eval(), root / "dual")
+    dual = save_model(DualEncoderModel(dual_config).eval(), root / "dual")
     fusion = FusionCrossEncoder(
         FusionConfig(
             similarity_paths=[tiny_dual_config(image_tower, text_tower)],
@@ -135,34 +133,14 @@ def tiny_setup(tmp_path_factory) -> TinySetup:
         )
     )
     torch.nn.init.normal_(fusion.head[-1].weight, std=2.0)  # a fusion term that reorders candidates
-    cross = _save(fusion.eval(), root / "cross")
-    setup = TinySetup(write_dataset(root / "data"), dual, cross, image_tower, text_tower)
-    _CACHE["setup"] = setup
-    return setup
+    cross = save_model(fusion.eval(), root / "cross")
+    return TinySetup(write_dataset(root / "data"), dual, cross, image_tower, text_tower)
 
 
-def built_index(tmp_path_factory, side: str = "images", backend: str = "faiss-flat") -> Path:
-    """An index folder of the tiny test split (cached per side and backend)."""
-    key = f"index-{side}-{backend}"
-    if key not in _CACHE:
-        from dcd_itr.search.build import index_build
-
-        setup = tiny_setup(tmp_path_factory)
-        out = tmp_path_factory.mktemp(key)
-        index_build(setup.dual, setup.data, out, "test", side, backend, shard_size=4, progress=False)
-        _CACHE[key] = out
-    return _CACHE[key]
-
-
-def cached_retriever(tmp_path_factory, side: str):
-    """A Retriever (with the cross-encoder) over the tiny index of ``side``, made once per session."""
-    key = f"retriever-{side}"
-    if key not in _CACHE:
-        from dcd_itr.search.retriever import Retriever
-
-        index = built_index(tmp_path_factory, side)
-        _CACHE[key] = Retriever(index, cross_dir=tiny_setup(tmp_path_factory).cross)
-    return _CACHE[key]
+def build_tiny_index(setup: TinySetup, out: Path, side: str = "images", backend: str = "faiss-flat") -> Path:
+    """An index folder of the tiny test split at ``out``."""
+    index_build(setup.dual, setup.data, out, "test", side, backend, shard_size=4, progress=False)
+    return out
 
 
 def png_bytes(colour=(30, 40, 220), size=(24, 24), fmt="PNG") -> bytes:

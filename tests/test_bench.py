@@ -27,7 +27,7 @@ from dcd_itr.speed.projection import CostModel, cost_from_run, dual_ranking_seco
 from dcd_itr.speed.ranking import SystemRun
 from dcd_itr.speed.runner import BenchConfig, run_benchmark
 from dcd_itr.speed.tables import best_setting
-from search_fixtures import _save, tiny_setup
+from search_fixtures import save_model
 
 TINY = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 37, "num_hidden_layers": 2}
 TINY_ITR = {
@@ -170,11 +170,11 @@ def test_latency_exact_search_has_recall_one_and_reports_every_backend():
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
+def tiny_models(tmp_path_factory, tiny_search):
     """Teacher = the tiny 2-layer fusion model, cross student = its 1-layer cut, and the tiny dual."""
-    setup = tiny_setup(tmp_path_factory)
+    setup = tiny_search
     student = cut_student(load_model(setup.cross))
-    cross = _save(student.eval(), tmp_path_factory.mktemp("bench") / "cross_student")
+    cross = save_model(student.eval(), tmp_path_factory.mktemp("bench") / "cross_student")
     return setup, setup.cross, cross
 
 

@@ -15,8 +15,6 @@ import time
 
 import pytest
 
-from search_fixtures import built_index, tiny_setup
-
 pytest.importorskip("uvicorn", reason="the service needs the serve extra: pip install 'dcd-itr[serve]'")
 import uvicorn  # noqa: E402
 
@@ -58,9 +56,9 @@ def serve_in_thread(app):
 
 
 @pytest.fixture(scope="module")
-def live_service(tmp_path_factory):
-    tiny = tiny_setup(tmp_path_factory)
-    retriever = Retriever(built_index(tmp_path_factory, "images"), cross_dir=tiny.cross)
+def live_service(tiny_search, tiny_index):
+    tiny = tiny_search
+    retriever = Retriever(tiny_index("images"), cross_dir=tiny.cross)
     base_url, stop = serve_in_thread(create_app(retriever))
     try:
         yield base_url
@@ -133,11 +131,11 @@ def test_errors_are_shown_not_thrown(live_service, chromium_page):
     assert "256" in page.text_content("#status")
 
 
-def test_chunked_upload_is_cut_off_while_streaming(tmp_path_factory):
+def test_chunked_upload_is_cut_off_while_streaming(tiny_search, tiny_index):
     """Over a real socket, with no Content-Length: the server answers 413 before the client finishes sending."""
-    tiny = tiny_setup(tmp_path_factory)
+    tiny = tiny_search
     limits = ServiceLimits(max_upload_bytes=64 * 1024)
-    retriever = Retriever(built_index(tmp_path_factory, "captions"))
+    retriever = Retriever(tiny_index("captions"))
     base_url, stop = serve_in_thread(create_app(retriever, limits=limits))
     assert tiny.cross.exists()
     host, port = base_url.removeprefix("http://").split(":")

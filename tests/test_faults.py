@@ -219,7 +219,7 @@ def workspace(feature_workspace) -> dict:
         )
     )
     torch.nn.init.normal_(teacher.head[-1].weight, std=1.0)  # a live fusion term
-    search_fixtures._save(teacher.eval(), root / "teacher")
+    search_fixtures.save_model(teacher.eval(), root / "teacher")
     dual_yaml = {
         "image_view": image_view,
         "text_view": text_view,
@@ -620,8 +620,8 @@ def test_training_into_an_unwritable_folder_is_a_clear_error(workspace, dual_run
         assert str(out) in err
 
 
-def test_index_into_an_unwritable_folder_is_a_clear_error(tmp_path_factory, tmp_path, capsys):
-    tiny = search_fixtures.tiny_setup(tmp_path_factory)
+def test_index_into_an_unwritable_folder_is_a_clear_error(tmp_path, capsys, tiny_search):
+    tiny = tiny_search
     for out in unwritable_folders(tmp_path):
         args = ["index", "build", "--model", str(tiny.dual), "--data", str(tiny.data), "--out", str(out)]
         assert str(out) in cli_error(capsys, *args, "--quiet")
@@ -773,9 +773,9 @@ INDEX_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(INDEX_DAMAGE))
-def test_corrupt_index_is_named(tmp_path_factory, tmp_path, capsys, damage):
+def test_corrupt_index_is_named(tmp_path, capsys, damage, tiny_index):
     name, corrupt = INDEX_DAMAGE[damage]
-    index = shutil.copytree(search_fixtures.built_index(tmp_path_factory, "images"), tmp_path / "index")
+    index = shutil.copytree(tiny_index("images"), tmp_path / "index")
     corrupt(index / name)
     assert str(index / name) in cli_error(capsys, "search", "--index", str(index), "a red square")
 
@@ -794,9 +794,9 @@ EMBEDDING_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(EMBEDDING_DAMAGE))
-def test_corrupt_partial_index_build_is_named(tmp_path_factory, tmp_path, capsys, damage):
+def test_corrupt_partial_index_build_is_named(tmp_path, capsys, damage, tiny_search, tiny_index):
     """A resumed `dcd index build` / `dcd index merge` reading back its own manifest or vectors."""
-    tiny = search_fixtures.tiny_setup(tmp_path_factory)
+    tiny = tiny_search
     name, corrupt = EMBEDDING_DAMAGE[damage]
     build = [
         "index",
@@ -814,7 +814,7 @@ def test_corrupt_partial_index_build_is_named(tmp_path_factory, tmp_path, capsys
             main([*build, "--shard", "0/2", "--shard-size", "4"]) == 0
         )  # a partial build: shards + manifest
     else:
-        shutil.copytree(search_fixtures.built_index(tmp_path_factory, "images"), tmp_path, dirs_exist_ok=True)
+        shutil.copytree(tiny_index("images"), tmp_path, dirs_exist_ok=True)
     corrupt(tmp_path / name)
     assert str(tmp_path / name) in cli_error(capsys, *build, "--shard-size", "4")
     if name.startswith("embeddings"):
@@ -833,9 +833,9 @@ def test_corrupt_model_folder_is_named(dual_run, workspace, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_corrupt_file_in_a_real_process_prints_one_line_and_exits_2(tmp_path_factory, tmp_path):
+def test_a_corrupt_file_in_a_real_process_prints_one_line_and_exits_2(tmp_path, tiny_index):
     """The same through a fresh `python -m dcd_itr.cli` process: its real stderr holds no traceback."""
-    index = shutil.copytree(search_fixtures.built_index(tmp_path_factory, "images"), tmp_path / "index")
+    index = shutil.copytree(tiny_index("images"), tmp_path / "index")
     truncate(index / "vectors.faiss")
     result = run_dcd("search", "--index", str(index), "a red square")
     assert result.returncode == 2

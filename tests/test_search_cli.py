@@ -30,22 +30,21 @@ from dcd_itr.search import build as build_module
 from dcd_itr.search.build import index_build, index_merge
 from dcd_itr.search.retriever import Retriever
 from helpers import karpathy_record, make_image
-from search_fixtures import built_index, tiny_setup
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return tiny_setup(tmp_path_factory)
+def tiny(tiny_search):
+    return tiny_search
 
 
 @pytest.fixture(scope="session")
-def image_index(tmp_path_factory):
-    return built_index(tmp_path_factory, "images")
+def image_index(tiny_index):
+    return tiny_index("images")
 
 
 @pytest.fixture(scope="session")
-def caption_index(tmp_path_factory):
-    return built_index(tmp_path_factory, "captions")
+def caption_index(tiny_index):
+    return tiny_index("captions")
 
 
 @pytest.fixture(scope="session")

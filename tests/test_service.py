@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search_fixtures import built_index, cached_retriever, png_bytes, upload
+from search_fixtures import png_bytes, upload
 
 pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install 'dcd-itr[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -25,8 +25,8 @@ SMALL = ServiceLimits(max_upload_bytes=4096, max_upload_pixels=100_000)
 
 
 @pytest.fixture(scope="session")
-def image_retriever(tmp_path_factory):
-    return cached_retriever(tmp_path_factory, "images")
+def image_retriever(tiny_retriever):
+    return tiny_retriever("images")
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +35,8 @@ def client(image_retriever):
 
 
 @pytest.fixture(scope="session")
-def caption_client(tmp_path_factory):
-    return TestClient(create_app(cached_retriever(tmp_path_factory, "captions"), limits=SMALL))
+def caption_client(tiny_retriever):
+    return TestClient(create_app(tiny_retriever("captions"), limits=SMALL))
 
 
 # ----------------------------------------------------------------------------- happy paths
@@ -172,14 +172,14 @@ def test_concurrent_queries_give_the_sequential_answers(image_retriever):
     assert [[h.id for h in r.hits] for r in results] == [expected[q] for q in queries]
 
 
-def test_serve_binds_loopback_by_default(monkeypatch, tmp_path_factory):
+def test_serve_binds_loopback_by_default(monkeypatch, tiny_index):
     import uvicorn
 
     from dcd_itr.cli import build_parser
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
-    index = built_index(tmp_path_factory, "images")
+    index = tiny_index("images")
     args = build_parser().parse_args(["serve", "--index", str(index)])
     assert args.host == "127.0.0.1" and args.cors_origin is None and args.api_key is None
     args.handler(args)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from search_fixtures import built_index, cached_retriever, png_bytes, upload
+from search_fixtures import png_bytes, upload
 
 pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install 'dcd-itr[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -27,13 +27,13 @@ SMALL = ServiceLimits(max_upload_bytes=4096, max_upload_pixels=100_000)
 
 
 @pytest.fixture(scope="session")
-def image_retriever(tmp_path_factory):
-    return cached_retriever(tmp_path_factory, "images")
+def image_retriever(tiny_retriever):
+    return tiny_retriever("images")
 
 
 @pytest.fixture(scope="session")
-def caption_retriever(tmp_path_factory):
-    return cached_retriever(tmp_path_factory, "captions")
+def caption_retriever(tiny_retriever):
+    return tiny_retriever("captions")
 
 
 @pytest.fixture(scope="session")
@@ -171,8 +171,8 @@ def test_symlinks_out_of_the_gallery_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- admin routes, CORS
 
 
-def test_admin_routes_need_the_key(tmp_path_factory, tmp_path):
-    folder = shutil.copytree(built_index(tmp_path_factory, "images"), tmp_path / "index")
+def test_admin_routes_need_the_key(tmp_path, tiny_index):
+    folder = shutil.copytree(tiny_index("images"), tmp_path / "index")
     retriever = Retriever(folder)
     disabled = TestClient(create_app(retriever))
     assert disabled.post("/admin/reload").status_code == 403
