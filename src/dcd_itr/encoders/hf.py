@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dcd_itr.encoders.base import ImageTower, TextTower, masked_mean, package_versions
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import ConfigError
 from dcd_itr.interfaces import FeatureBatch
 
@@ -123,7 +124,7 @@ class HFTextTower(TextTower):
     def __init__(
         self,
         name_or_path: str | Path,
-        max_length: int = 40,  # the DCD reference truncates captions at 40 tokens
+        max_length: int = DEFAULT_TEXT_LENGTH,
         pooling: str = "mean",  # sentence-transformers style; "cls"/"pooler" for models trained that way
         local_files_only: bool = True,  # nothing downloads unless the caller asks for it
         device: str | torch.device = "cpu",  # "cuda" or "auto" where present

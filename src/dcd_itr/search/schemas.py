@@ -19,7 +19,9 @@ IMAGE_TYPES = {  # accepted uploads and served files: content type <-> Pillow fo
 class ServiceLimits:
     """Bounds on every request, so no single request can take the service down."""
 
-    max_query_chars: int = 256  # captions are a few words; the text tower keeps only 40 tokens anyway
+    max_query_chars: int = (
+        256  # captions are a few words; the text tower keeps only DEFAULT_TEXT_LENGTH (40) tokens anyway
+    )
     max_k: int = 100  # results per request: a page of thumbnails
     max_rerank: int = 64  # cross-encoder pairs per request: keeps one request's latency bounded
     default_rerank: int = 16  # what the page's re-rank toggle asks for: the cascade's usual k
