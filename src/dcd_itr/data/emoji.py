@@ -32,7 +32,7 @@ from dcd_itr.data.emoji_source import (
     find_font,
     read_annotations,
 )
-from dcd_itr.io_utils import write_bytes_atomic, write_json_atomic
+from dcd_itr.io_utils import file_sha256, write_bytes_atomic, write_json_atomic
 
 DATASET_FILENAME = "dataset_emoji.json"
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}  # the usual retrieval proportions
@@ -166,7 +166,7 @@ def build_emoji_dataset(
     info = {
         "description": "Noto Color Emoji rendered at 109 pt, captioned with CLDR English annotations",
         "debian_packages": {name: debian_package_version(name) for name in DEBIAN_PACKAGES},
-        "font_sha256": hashlib.sha256(font.read_bytes()).hexdigest(),
+        "font_sha256": file_sha256(font),
         "seed": seed,
         "split_fractions": SPLIT_FRACTIONS,
         "skipped_not_single_glyph": len(dropped),
@@ -183,7 +183,7 @@ def emoji_dataset_is_current(data_dir: Path, seed: int) -> bool:
     try:
         payload = json.loads(dataset_path.read_text(encoding="utf-8"))
         info = payload["info"]
-        font_hash = hashlib.sha256(find_font().read_bytes()).hexdigest()
+        font_hash = file_sha256(find_font())
         images_present = all((data_dir / i["filepath"] / i["filename"]).is_file() for i in payload["images"])
     except (OSError, ValueError, KeyError, TypeError):
         return False

@@ -14,7 +14,6 @@ file is refused with :class:`~dcd_itr.errors.CorruptFileError` naming it, never 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dcd_itr.errors import CorruptFileError
-from dcd_itr.io_utils import write_json_atomic
+from dcd_itr.io_utils import file_sha256, write_json_atomic
 
 METADATA_FILE = "index.json"
 FORMAT_VERSION = 1
@@ -110,11 +109,7 @@ class VectorIndex(ABC):
 
 def file_digest(path: Path) -> dict[str, Any]:
     """``{"bytes": size, "sha256": hex}`` of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def verify_file(folder: Path, name: str, expected: dict[str, Any]) -> Path:
