@@ -20,12 +20,14 @@ query its top-k images): :func:`cascade_score_matrices` gives its two final scor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.scene_annotations import split_twin_index
 from dcd_itr.metrics import top_k_candidates
 
 TWIN_KEYS = ("twin_text", "twin_image", "twin_group")
@@ -136,3 +138,33 @@ def cascade_score_matrices(
         final[images, captions] = second + shift
         finals.append(final)
     return finals[0], finals[1]
+
+
+def dataset_twin_scores(
+    data: str | Path,
+    split: RetrievalSplit,
+    score_matrix: torch.Tensor | np.ndarray,
+    caption_query_scores: torch.Tensor | np.ndarray | None = None,
+) -> dict[str, float]:
+    """:func:`twin_scores` of ``split`` of the dataset at ``data`` when it has twins (the scenes benchmark);
+    ``{}`` for any other dataset, so callers can merge the result into their metrics unconditionally."""
+    twin_index = split_twin_index(data, split.name)
+    if twin_index is None:
+        return {}
+    return twin_scores(score_matrix, split, twin_index, caption_query_scores)
+
+
+def format_twin_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Twin text / image / group scores of the rows that have them, one line each ('' when none has)."""
+    named = {name: metrics for name, metrics in rows.items() if "twin_group" in metrics}
+    if not named:
+        return ""
+    width = max(len("model"), *(len(name) for name in named))
+    lines = [
+        f"{'model':<{width}}  {'twin text':>9}  {'twin image':>10}  {'twin group':>10}  (chance 25 / 25 / 16.7)"
+    ]
+    for name, m in named.items():
+        lines.append(
+            f"{name:<{width}}  {m['twin_text']:>9.1f}  {m['twin_image']:>10.1f}  {m['twin_group']:>10.1f}"
+        )
+    return "\n".join(lines)
