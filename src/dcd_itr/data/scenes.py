@@ -16,8 +16,6 @@ format plus per-image ``objects``, ``relation`` and ``twin``; the contract is do
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import shutil
 import tempfile
 from math import comb
@@ -28,17 +26,15 @@ from tqdm import tqdm
 
 from dcd_itr.data.emoji_source import DEBIAN_PACKAGES, debian_package_version, find_font
 from dcd_itr.data.scene_annotations import load_scene_annotations, split_twin_index
-from dcd_itr.data.scene_layout import SIZE_RANGE, SceneSpec, captions, compose, sample_spec
-from dcd_itr.data.scene_vocab import VocabularyEmoji, codepoints, load_candidates
+from dcd_itr.data.scene_files import DATASET_FILENAME, install, karpathy_payload, write_payload, write_split
+from dcd_itr.data.scene_layout import SIZE_RANGE, SceneSpec, sample_spec
+from dcd_itr.data.scene_vocab import codepoints, load_candidates
 from dcd_itr.errors import DcdError, OutputError
 
 __all__ = ["build_scenes_dataset", "load_scene_annotations", "split_twin_index"]
 
-DATASET_FILENAME = "dataset_scenes.json"
 DEFAULT_SEED = 0  # the published benchmark's seed
-DEFAULT_VOCAB = (
-    600  # half the ~1,265 eligible emoji: ample recognition, pairs left over for unseen compositions
-)
+DEFAULT_VOCAB = 600  # about half the eligible emoji: ample recognition; the rest can make --novel-pairs
 DEFAULT_TRAIN_SCENES = 3000  # 6,000 train images: features + training fit a 2-core CPU budget
 DEFAULT_VAL_PAIRS = 150  # 300 val images: a stable RSUM for model selection, cheap to score all pairs
 DEFAULT_TEST_PAIRS = 150  # 300 test images, 600 captions, 150 twin pairs: the probe's size
@@ -101,110 +97,6 @@ def draw_splits(
     return drawn
 
 
-def _png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # no timestamp or text chunks: same pixels, same bytes
-    return buffer.getvalue()
-
-
-def _record(spec: SceneSpec, vocabulary: list[VocabularyEmoji], boxes: list, filename: str) -> dict:
-    names = [vocabulary[i].name for i in spec.emoji]
-    return {
-        "filepath": "images",
-        "filename": filename,
-        "captions": captions(names[spec.subject], names[spec.object], spec.predicate),
-        "objects": [
-            {"name": vocabulary[i].name, "codepoints": codepoints(vocabulary[i].sequence), "box": list(box)}
-            for i, box in zip(spec.emoji, boxes, strict=True)
-        ],
-        "relation": {"subject": spec.subject, "object": spec.object, "predicate": spec.predicate},
-    }
-
-
-def _write_split(
-    folder: Path,
-    split: str,
-    specs: list[SceneSpec],
-    vocabulary: list[VocabularyEmoji],
-    canvas: int,
-    seed: int,
-    bar: tqdm,
-) -> list[dict]:
-    """Render a split's scenes and twins into ``folder/images``; their records in the split's (shuffled) order."""
-    members = [(pair, twin) for pair in range(len(specs)) for twin in (0, 1)]
-    order = np.random.default_rng([seed, 10 + SPLIT_ORDER.index(split)]).permutation(len(members))
-    position = {members[m]: p for p, m in enumerate(order.tolist())}
-    crops = [emoji.image for emoji in vocabulary]
-    records: list[dict] = [{} for _ in members]
-    for pair, spec in enumerate(specs):
-        for twin, scene in enumerate((spec, spec.swapped())):
-            row = position[(pair, twin)]
-            image, boxes = compose(scene, crops, canvas)
-            filename = f"{split}_{row:05d}.png"
-            (folder / "images" / filename).write_bytes(_png_bytes(image))
-            records[row] = _record(scene, vocabulary, boxes, filename) | {
-                "split": split,
-                "twin_row": position[(pair, 1 - twin)],
-            }
-            bar.update(1)
-    return records
-
-
-def _karpathy_payload(split_records: dict[str, list[dict]], info: dict) -> dict:
-    """Number images train, val, test; add sentences and the twin's imgid."""
-    images, sentence_id, first_id = [], 0, 0
-    for split in ("train", "val", "test"):
-        records = split_records[split]
-        for row, record in enumerate(records):
-            image_id = first_id + row
-            sentences = []
-            for caption in record["captions"]:
-                sentences.append(
-                    {"raw": caption, "tokens": caption.split(), "imgid": image_id, "sentid": sentence_id}
-                )
-                sentence_id += 1
-            images.append(
-                {
-                    "filepath": record["filepath"],
-                    "filename": record["filename"],
-                    "imgid": image_id,
-                    "split": split,
-                    "sentids": [s["sentid"] for s in sentences],
-                    "sentences": sentences,
-                    "objects": record["objects"],
-                    "relation": record["relation"],
-                    "twin": first_id + record["twin_row"],
-                }
-            )
-        first_id += len(records)
-    return {"dataset": "scenes", "info": info, "images": images}
-
-
-def _check_captions_unique(payload: dict) -> None:
-    seen: dict[tuple[str, str], int] = {}
-    for image in payload["images"]:
-        for sentence in image["sentences"]:
-            key = (image["split"], sentence["raw"])
-            if seen.setdefault(key, image["imgid"]) != image["imgid"]:
-                raise DcdError(
-                    f"internal error: caption {sentence['raw']!r} names two images of {image['split']}"
-                )
-
-
-def _install(temp: Path, out: Path) -> None:
-    """Move the finished build in place of ``out`` (an earlier scenes build there is replaced, nothing else)."""
-    if out.exists():
-        entries = {p.name for p in out.iterdir()} if out.is_dir() else {"?"}
-        if entries and DATASET_FILENAME not in entries:
-            raise OutputError(out, "exists and is not a scenes benchmark folder; refusing to replace it")
-        old = out.with_name(f".{out.name}.old-{temp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-        temp.rename(out)
-        shutil.rmtree(old)
-    else:
-        temp.rename(out)
-
-
 def build_scenes_dataset(
     out_dir: str | Path,
     seed: int = DEFAULT_SEED,
@@ -247,8 +139,8 @@ def build_scenes_dataset(
         total = 2 * sum(split_pairs.values())
         with tqdm(total=total, desc="render scenes", unit="image", disable=not progress) as bar:
             records = {
-                split: _write_split(temp, split, specs[split], vocabulary, canvas, seed, bar)
-                for split in SPLIT_ORDER
+                split: write_split(temp, split, specs[split], vocabulary, canvas, [seed, 10 + stream], bar)
+                for stream, split in enumerate(SPLIT_ORDER)
             }
         source = (
             {"emoji_data": "dcd data emoji build"}
@@ -266,12 +158,8 @@ def build_scenes_dataset(
             **source,
             "licenses": "artwork: Noto Emoji, Apache-2.0; names: Unicode CLDR, Unicode-DFS-2016",
         }
-        payload = _karpathy_payload(records, info)
-        _check_captions_unique(payload)
-        (temp / DATASET_FILENAME).write_text(
-            json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8"
-        )
-        _install(temp, out)
+        write_payload(temp / DATASET_FILENAME, karpathy_payload(records, info))
+        install(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
