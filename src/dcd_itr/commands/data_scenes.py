@@ -47,12 +47,17 @@ def data_scenes(args: argparse.Namespace, statistics: Callable) -> Path:
         emoji_data=args.emoji_data,
         font_path=args.font,
         cldr_dir=args.cldr_dir,
+        novel_pairs=args.novel_pairs,
         progress=not args.quiet,
     )
     seconds = time.perf_counter() - started
     splits, _ = load_dataset(dataset_path)
     print(f"scenes benchmark written to {dataset_path} in {seconds:.1f} s")
     print(statistics(splits))
+    novel = dataset_path.parent / scenes.NOVEL_FOLDER / scenes.NOVEL_FILENAME
+    if args.novel_pairs:
+        print(f"novel-emoji test split written to {novel}")
+        print(statistics(load_dataset(novel)[0]))
     if args.preview is not None:
         print(f"contact sheet: {twin_contact_sheet(dataset_path, args.preview)}")
     return dataset_path
@@ -83,7 +88,7 @@ def add_scenes_parser(data_commands: argparse._SubParsersAction, statistics: Cal
         "--vocab",
         type=int,
         default=scenes.DEFAULT_VOCAB,
-        help="emoji drawn from the ~1,265 eligible ones (single code point, plain unique name) (default %(default)s)",
+        help="emoji drawn from the ~1,250 eligible ones (single code point, plain unique name) (default %(default)s)",
     )
     parser.add_argument(
         "--train-scenes",
@@ -115,6 +120,13 @@ def add_scenes_parser(data_commands: argparse._SubParsersAction, statistics: Cal
         type=int,
         default=scenes.DEFAULT_CANVAS,
         help=f"image side in px, {scenes.CANVAS_RANGE[0]} to {scenes.CANVAS_RANGE[1]} (default %(default)s)",
+    )
+    parser.add_argument(
+        "--novel-pairs",
+        type=int,
+        default=0,
+        help="also write novel/dataset_scenes_novel.json: a test split of this many twin pairs made only of "
+        "eligible emoji outside --vocab, never seen in training; the main dataset is unchanged (default %(default)s)",
     )
     parser.add_argument(
         "--emoji-data",

@@ -11,6 +11,8 @@ format plus per-image ``objects``, ``relation`` and ``twin``; the contract is do
   dataset, so no val/test pair ever co-occurs in train, and no caption text is shared by two images.
 - Deterministic from the seed: the test split is drawn first, then val, then train, each from its own random
   stream, so the test split does not change with ``train_scenes``.
+- Optionally (``novel_pairs``) a second test set in ``novel/``: scenes made only of eligible emoji left out of
+  the vocabulary, so none of them is ever seen in training. The main dataset is byte-identical with or without it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DEFAULT_TEST_PAIRS = 150  # 300 test images, 600 captions, 150 twin pairs: the p
 DEFAULT_OBJECTS = 4  # a full 2x2 grid: a single vector must hold more than the caption asks (DESIGN.md)
 DEFAULT_CANVAS = 224  # the teacher's largest tower view; students downscale
 CANVAS_RANGE = (128, 512)  # below, objects sit too close for the detector's merge gap; above, no gain
+NOVEL_FOLDER, NOVEL_FILENAME = "novel", "dataset_scenes_novel.json"  # the optional unseen-emoji test split
 SPLIT_ORDER = ("test", "val", "train")  # drawing order (test first: it does not depend on the train size)
 MAX_TRIES_PER_SCENE = 200  # rejection sampling of fresh pairs; failing means the vocabulary is too small
 SEED_LIMIT = 2**63  # numpy seeds must be non-negative; keep them in a signed 64-bit range
@@ -70,31 +73,50 @@ def check_sizes(vocab: int, split_pairs: dict[str, int], objects: int, canvas: i
         )
 
 
+def draw_specs(
+    rng: np.random.Generator, vocabulary_size: int, count: int, objects: int, used: set, what: str
+) -> list[SceneSpec]:
+    """``count`` twin-pair specs whose emoji pairs are not in ``used`` (which they are added to)."""
+    specs: list[SceneSpec] = []
+    tries = 0
+    while len(specs) < count:
+        tries += 1
+        if tries > MAX_TRIES_PER_SCENE * count:
+            raise DcdError(
+                f"could draw only {len(specs)} of {count} {what} scenes with fresh emoji pairs from "
+                f"{vocabulary_size} emoji: raise --vocab (or lower it, for --novel-pairs) or lower the scene counts"
+            )
+        spec = sample_spec(rng, vocabulary_size, objects)
+        pairs = spec.pairs()
+        if any(pair in used for pair in pairs):
+            continue
+        used.update(pairs)
+        specs.append(spec)
+    return specs
+
+
 def draw_splits(
     vocabulary_size: int, split_pairs: dict[str, int], objects: int, seed: int
 ) -> dict[str, list[SceneSpec]]:
     """Twin-pair specs per split; every unordered emoji pair is used by at most one of them."""
     used: set[tuple[int, int]] = set()
-    drawn: dict[str, list[SceneSpec]] = {}
-    for stream, split in enumerate(SPLIT_ORDER):
-        rng = np.random.default_rng([seed, stream])
-        specs: list[SceneSpec] = []
-        tries = 0
-        while len(specs) < split_pairs[split]:
-            tries += 1
-            if tries > MAX_TRIES_PER_SCENE * split_pairs[split]:
-                raise DcdError(
-                    f"could draw only {len(specs)} of {split_pairs[split]} {split} scenes with fresh emoji pairs "
-                    f"from a vocabulary of {vocabulary_size}: raise --vocab or lower the scene counts"
-                )
-            spec = sample_spec(rng, vocabulary_size, objects)
-            pairs = spec.pairs()
-            if any(pair in used for pair in pairs):
-                continue
-            used.update(pairs)
-            specs.append(spec)
-        drawn[split] = specs
-    return drawn
+    return {
+        split: draw_specs(
+            np.random.default_rng([seed, stream]), vocabulary_size, split_pairs[split], objects, used, split
+        )
+        for stream, split in enumerate(SPLIT_ORDER)
+    }
+
+
+def draw_novel(novel_size: int, novel_pairs: int, objects: int, seed: int) -> list[SceneSpec]:
+    """Twin-pair specs over the ``novel_size`` eligible emoji left out of the vocabulary."""
+    needed, available = novel_pairs * comb(objects, 2), comb(novel_size, 2)
+    if novel_size < objects or needed > available // 2:
+        raise DcdError(
+            f"--novel-pairs {novel_pairs} needs {needed:,} distinct pairs of the {novel_size} eligible emoji outside "
+            f"the vocabulary ({available:,} pairs, half must stay free): lower --vocab or --novel-pairs"
+        )
+    return draw_specs(np.random.default_rng([seed, 20]), novel_size, novel_pairs, objects, set(), "novel")
 
 
 def build_scenes_dataset(
@@ -109,16 +131,21 @@ def build_scenes_dataset(
     emoji_data: str | Path | None = None,
     font_path: str | Path | None = None,
     cldr_dir: str | Path | None = None,
+    novel_pairs: int = 0,
     progress: bool = True,
 ) -> Path:
     """Build the benchmark into ``out_dir`` (atomically: a temporary sibling folder renamed into place).
 
     ``train_scenes`` / ``val_pairs`` / ``test_pairs`` count twin pairs: each is 2 images (a scene and its twin).
     Renders come from ``emoji_data`` (a ``dcd data emoji`` folder) when given, else from the font and CLDR.
+    ``novel_pairs`` > 0 also writes ``novel/dataset_scenes_novel.json`` (a "test" split of that many twin pairs
+    whose emoji are all outside the vocabulary, so never seen in train); the main dataset is the same either way.
     Returns the path of ``dataset_scenes.json``.
     """
     split_pairs = {"train": train_scenes, "val": val_pairs, "test": test_pairs}
     check_sizes(vocab, split_pairs, objects, canvas, seed)
+    if novel_pairs < 0:
+        raise DcdError(f"--novel-pairs must be >= 0, got {novel_pairs}")
     detection_size = round(SIZE_RANGE[1] * (canvas // 2))
     candidates, dropped = load_candidates(emoji_data, font_path, cldr_dir, detection_size, progress)
     if vocab > len(candidates):
@@ -128,6 +155,9 @@ def build_scenes_dataset(
     )
     vocabulary = [candidates[i] for i in chosen]
     specs = draw_splits(vocab, split_pairs, objects, seed)
+    unchosen = set(range(len(candidates))) - set(chosen)
+    novel_vocabulary = [candidates[i] for i in sorted(unchosen)]
+    novel_specs = draw_novel(len(novel_vocabulary), novel_pairs, objects, seed) if novel_pairs else []
     out = Path(out_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +166,24 @@ def build_scenes_dataset(
         raise OutputError(out, f"cannot write here ({error.strerror or error})") from error
     try:
         (temp / "images").mkdir()
-        total = 2 * sum(split_pairs.values())
+        total = 2 * (sum(split_pairs.values()) + novel_pairs)
         with tqdm(total=total, desc="render scenes", unit="image", disable=not progress) as bar:
             records = {
                 split: write_split(temp, split, specs[split], vocabulary, canvas, [seed, 10 + stream], bar)
                 for stream, split in enumerate(SPLIT_ORDER)
             }
+            if novel_specs:
+                (temp / NOVEL_FOLDER / "images").mkdir(parents=True)
+                novel_records = write_split(
+                    temp / NOVEL_FOLDER,
+                    "test",
+                    novel_specs,
+                    novel_vocabulary,
+                    canvas,
+                    [seed, 21],
+                    bar,
+                    "novel",
+                )
         source = (
             {"emoji_data": "dcd data emoji build"}
             if emoji_data is not None
@@ -159,6 +201,16 @@ def build_scenes_dataset(
             "licenses": "artwork: Noto Emoji, Apache-2.0; names: Unicode CLDR, Unicode-DFS-2016",
         }
         write_payload(temp / DATASET_FILENAME, karpathy_payload(records, info))
+        if novel_specs:
+            novel_info = info | {
+                "description": "scenes of emoji outside the main vocabulary: none appears in ../dataset_scenes.json",
+                "sizes": {"novel_pairs": novel_pairs, "objects": objects, "canvas": canvas},
+                "vocabulary": [
+                    {"name": e.name, "codepoints": codepoints(e.sequence)} for e in novel_vocabulary
+                ],
+            }
+            payload = karpathy_payload({"test": novel_records}, novel_info, "scenes_novel")
+            write_payload(temp / NOVEL_FOLDER / NOVEL_FILENAME, payload)
         install(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
