@@ -63,7 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Full ranking of a split: image->text (a hit if any of the image's captions is in the top K) "
         "and text->image. Dual encoders rank blockwise in bounded memory; cross-encoders (saved folders on cached "
         "features, or --cross-encoder plug-ins on raw images and captions) score every pair (resumable with "
-        "--scores-dir); a cascade re-scores the dual's top k with the cross-encoder. Ties: lower index first.",
+        "--scores-dir); a cascade re-scores the dual's top k with the cross-encoder. Ties: lower index first. "
+        "On a dataset with swapped twins (dcd data scenes) every row also gets the twin text / image / group "
+        "scores (Winoground-style, ties fail; chance 25 / 25 / 16.7).",
     )
     parser.add_argument("--model", type=Path, action="append", default=[], help="model folder, repeatable")
     parser.add_argument(
