@@ -13,6 +13,7 @@ from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import evaluate_cascade, evaluate_cross_encoder, evaluate_model
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table
+from dcd_itr.twins import format_twin_table
 
 
 def run_eval(
@@ -47,6 +48,8 @@ def run_eval(
         for k in cascade_k or [16]:
             rows[f"cascade k={k}"] = evaluate_cascade(dual_dir, cross_dir, data, features, split, k, progress)
     print(format_metrics_table(rows))
+    if twin_table := format_twin_table(rows):
+        print(twin_table)
     if out:
         write_json_atomic(out, rows)
         print(f"metrics written to {out}")
@@ -60,7 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Full ranking of a split: image->text (a hit if any of the image's captions is in the top K) "
         "and text->image. Dual encoders rank blockwise in bounded memory; cross-encoders (saved folders on cached "
         "features, or --cross-encoder plug-ins on raw images and captions) score every pair (resumable with "
-        "--scores-dir); a cascade re-scores the dual's top k with the cross-encoder. Ties: lower index first.",
+        "--scores-dir); a cascade re-scores the dual's top k with the cross-encoder. Ties: lower index first. "
+        "On a dataset with swapped twins (dcd data scenes) every row also gets the twin text / image / group "
+        "scores (Winoground-style, ties fail; chance 25 / 25 / 16.7).",
     )
     parser.add_argument("--model", type=Path, action="append", default=[], help="model folder, repeatable")
     parser.add_argument(

@@ -17,9 +17,10 @@ from dcd_itr.distill.frozen_teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score_all_pairs
 from dcd_itr.features import TOWER_BATCH_SIZE, SplitFeatures, load_split_features
-from dcd_itr.interfaces import FeatureBatch, is_cross_encoder
+from dcd_itr.interfaces import FeatureBatch, is_cross_encoder, slice_features
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.registry import load_model, weights_fingerprint
+from dcd_itr.twins import cascade_score_matrices, dataset_twin_scores, has_twins
 
 # Batch sizes of every full-ranking evaluation (`dcd eval`, the training validators, `dcd bench`, the demo), so
 # the same model gets the same numbers everywhere.
@@ -84,10 +85,16 @@ def evaluate_model(
     model = load_model(folder)
     cached = _features(model, data, features, split)
     if not is_cross_encoder(model):
-        return {"kind": "dual", **dual_metrics(model, cached)}
+        metrics = dual_metrics(model, cached)
+        if has_twins(data, split):  # the scenes benchmark: its (N, M) similarity matrix is small
+            with torch.inference_mode():
+                images, texts = encode_split(model, cached.images, cached.texts)
+            metrics |= dataset_twin_scores(data, cached.split, images["embedding"] @ texts["embedding"].T)
+        return {"kind": "dual", **metrics}
     checkpoint = scores_dir / f"{folder.parent.name}_{folder.name}_{split}" if scores_dir else None
     fingerprint = f"{weights_fingerprint(folder)[:16]}:{split}"
     metrics, result = cross_metrics(model, cached, CROSS_TEXT_BLOCK, checkpoint, fingerprint, progress)
+    metrics |= dataset_twin_scores(data, cached.split, result.scores)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 
@@ -123,6 +130,7 @@ def evaluate_cross_encoder(
         progress=progress,
     )
     metrics = recall_at_k_from_scores(result.scores, split_data.caption_to_image)
+    metrics |= dataset_twin_scores(data, split_data, result.scores)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 
@@ -157,4 +165,14 @@ def evaluate_cascade(
         k,
         progress=progress,
     )
+    if has_twins(data, split):  # twin scores from the cascade's final order (re-ranked k above the rest)
+        with torch.inference_mode():
+            by_image, by_caption = cascade_score_matrices(
+                images["embedding"] @ texts["embedding"].T,
+                lambda i, t: cross.score_pairs(
+                    slice_features(cross_images, i), slice_features(cross_texts, t)
+                ),
+                k,
+            )
+        metrics |= dataset_twin_scores(data, dual_features.split, by_image, by_caption)
     return {"kind": "cascade", **metrics}
