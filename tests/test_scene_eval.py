@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from conftest import tiny_fusion_settings, write_karpathy_fixture
 from dcd_itr.cli import main
 from dcd_itr.data.scenes import build_scenes_dataset, split_twin_index
+from dcd_itr.evaluate.twins import TWIN_KEYS
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.registry import save_model_description
-from dcd_itr.twins import TWIN_KEYS
+from helpers import tiny_fusion_settings, write_karpathy_fixture
 from test_scenes import PLAIN, cldr_xml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

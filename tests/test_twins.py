@@ -8,8 +8,8 @@ import torch
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.scene_layout import captions
+from dcd_itr.evaluate.twins import cascade_score_matrices, twin_pairs, twin_scores
 from dcd_itr.metrics import cascade_recall_from_scores, recall_at_k_from_scores
-from dcd_itr.twins import cascade_score_matrices, twin_pairs, twin_scores
 
 
 def split_of(caption_lists: list[list[str]]) -> RetrievalSplit:

@@ -11,9 +11,9 @@ from typing import Any
 from dcd_itr.config import parse_key_values
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import evaluate_cascade, evaluate_cross_encoder, evaluate_model
+from dcd_itr.evaluate.twins import format_twin_table
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table
-from dcd_itr.twins import format_twin_table
 
 
 def run_eval(

@@ -16,11 +16,11 @@ import torch
 from dcd_itr.distill.frozen_teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score_all_pairs
+from dcd_itr.evaluate.twins import cascade_score_matrices, dataset_twin_scores, has_twins
 from dcd_itr.features import TOWER_BATCH_SIZE, SplitFeatures, load_split_features
 from dcd_itr.interfaces import FeatureBatch, is_cross_encoder, slice_features
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.registry import load_model, weights_fingerprint
-from dcd_itr.twins import cascade_score_matrices, dataset_twin_scores, has_twins
 
 # Batch sizes of every full-ranking evaluation (`dcd eval`, the training validators, `dcd bench`, the demo), so
 # the same model gets the same numbers everywhere.
