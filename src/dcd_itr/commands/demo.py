@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dcd_itr import __version__
 from dcd_itr.bench.latency import LatencyConfig
 from dcd_itr.bench.runner import BenchConfig, run_benchmark
@@ -58,6 +56,7 @@ from dcd_itr.report.stages import LEDGER_FILE, StageLedger, digest, file_digest
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
+from dcd_itr.yaml_io import load_yaml_file
 
 
 def emoji_dataset_is_current(data_dir: Path, seed: int) -> bool:
@@ -136,7 +135,7 @@ def _training_stage(
     def action() -> dict[str, str]:
         saved = out / "config.yaml"
         started = (out / "last" / "state.json").exists() and saved.exists()
-        if started and yaml.safe_load(saved.read_text(encoding="utf-8")) != resolved:  # another config's run
+        if started and load_yaml_file(saved) != resolved:  # another config's run
             print(f"  {out} holds a run of another config: starting it over")
             shutil.rmtree(out)
         runner(config, progress=progress)

@@ -16,6 +16,7 @@ from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.zeroshot import ZeroShotBridge, ZeroShotConfig
+from dcd_itr.yaml_io import load_yaml_file, short_repr
 
 MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
     "dual": (DualConfig, DualEncoderModel),
@@ -41,15 +42,14 @@ def save_model_description(model: nn.Module, folder: Path) -> Path:
 
 def build_model_from_description(folder: Path) -> nn.Module:
     path = Path(folder) / "model.yaml"
-    try:
-        description = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CorruptFileError(path, "model description not found (is this a model folder?)") from None
-    except yaml.YAMLError as error:
-        raise CorruptFileError(path, f"malformed YAML ({error})") from None
+    if not path.exists():
+        raise CorruptFileError(path, "model description not found (is this a model folder?)")
+    description = load_yaml_file(path, CorruptFileError)
     kind = description.get("kind") if isinstance(description, dict) else None
-    if kind not in MODEL_KINDS:
-        raise CorruptFileError(path, f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
+        raise CorruptFileError(
+            path, f"kind: unknown model kind {short_repr(kind)}; known: {sorted(MODEL_KINDS)}"
+        )
     config_class, model_class = MODEL_KINDS[kind]
     return model_class(config_from_dict(config_class, description.get("config") or {}, str(path)))
 

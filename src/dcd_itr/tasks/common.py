@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from dcd_itr.config import config_to_dict, save_config
@@ -19,6 +18,7 @@ from dcd_itr.features import FeatureStore
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.interfaces import FeatureBatch
 from dcd_itr.train import recover_checkpoint
+from dcd_itr.yaml_io import load_yaml_file
 
 
 def prepare_run_dir(config: Any) -> Path:
@@ -28,7 +28,9 @@ def prepare_run_dir(config: Any) -> Path:
     saved = out / "config.yaml"
     recover_checkpoint(out / "last")  # a run killed while swapping in a checkpoint still counts as started
     if (out / "last" / "state.json").exists() and saved.exists():
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        previous = load_yaml_file(saved)
+        if not isinstance(previous, dict):
+            raise ConfigError(f"{saved}: expected a mapping at the top level")
         current = config_to_dict(config)
         defaults = config_to_dict(type(config)())
         # a field added to the config class after the run started counts as unchanged while it holds its default
