@@ -9,7 +9,8 @@ Format (``dataset_coco.json``, ``dataset_flickr30k.json``, and our ``dataset_emo
                 ...],
      "dataset": "coco"}
 
-``restval`` counts as train. Image paths are ``image_root / filepath / filename``.
+``restval`` counts as train. Image paths are ``image_root / filepath / filename`` and must stay inside
+``image_root`` (see :mod:`dcd_itr.data.paths`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
+from dcd_itr.data.paths import contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
 from dcd_itr.errors import DataError
 
@@ -71,7 +73,7 @@ def _parse_image(
             raise DataError(path, f"sentences[{sentence_index}].raw is empty", where)
         check_text(path, raw, f"sentences[{sentence_index}].raw", where)
         captions.append(raw.strip())
-    image_path = image_root / filepath / filename
+    image_path = contained_image_path(path, image_root, str(Path(filepath) / filename), where)
     if check_files and not image_path.is_file():
         raise DataError(path, f"image file not found: {image_path}", where)
     image_id = check_text(
@@ -92,7 +94,7 @@ def read_karpathy_json(
     counted and listed in the returned report instead of raising.
     """
     path = Path(path)
-    image_root = Path(image_root) if image_root is not None else path.parent
+    image_root = real_root(image_root if image_root is not None else path.parent)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -132,7 +134,9 @@ def read_karpathy_json(
         rows[split].append((image_id, image_path, captions))
         report.records_read += 1
     splits = {
-        name: RetrievalSplit.from_rows(name, split_rows) for name, split_rows in rows.items() if split_rows
+        name: RetrievalSplit.from_rows(name, split_rows, image_root)
+        for name, split_rows in rows.items()
+        if split_rows
     }
     if not splits:
         raise DataError(path, "no usable images in the file")
