@@ -145,6 +145,14 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
         state, _ = load_checked(path)
     except Exception as error:  # safetensors raises several types for truncated/corrupt files
         raise CorruptFileError(path, f"cannot read weights ({error})") from None
+    expected = model.state_dict()
+    for name, tensor in state.items():  # a wrong shape with a valid checksum: weights of another config
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CorruptFileError(
+                path,
+                f"tensor {name!r} has shape {tuple(tensor.shape)} but the model description expects "
+                f"{tuple(expected[name].shape)} (weights of another model config?)",
+            )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CorruptFileError(
