@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS
+from dcd_itr.data.image_check import drop_unreadable
 from dcd_itr.data.loading import load_dataset
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.features import DEFAULT_SHARD_SIZE, CacheResult, build_feature_cache, parse_view
@@ -24,9 +25,14 @@ def cache_features(
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
+    skip_bad_records: bool = False,  # True: skip (count, list) bad records and unreadable images
 ) -> list[CacheResult]:
     """Encode every requested split with every requested tower; reuse or resume what is cached."""
-    dataset, _ = load_dataset(data)
+    dataset, report = load_dataset(data, skip_bad_records=skip_bad_records)
+    if skip_bad_records:  # the cache then holds the readable images only: fix the listed ones before training
+        print(report.summary())
+        dataset, summary = drop_unreadable(dataset, splits, skip=True, progress=progress)
+        print(summary)
     results: list[CacheResult] = []
     towers = [build_image_tower(*parse_view(spec), device=device) for spec in image_encoders]
     for spec in text_encoders:
@@ -75,6 +81,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="tower batch size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--skip-bad-records",
+        action="store_true",
+        help="skip, count and list bad records and unreadable images instead of stopping at the first",
+    )
     parser.set_defaults(
         handler=lambda a: cache_features(
             a.data,
@@ -87,5 +98,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             a.batch_size,
             a.device,
             not a.quiet,
+            a.skip_bad_records,
         )
     )

@@ -76,9 +76,12 @@ def _parse_image(
     image_path = contained_image_path(path, image_root, str(Path(filepath) / filename), where)
     if check_files and not image_path.is_file():
         raise DataError(path, f"image file not found: {image_path}", where)
-    image_id = check_text(
-        path, str(record.get("imgid", f"{filepath}/{filename}" if filepath else filename)), "'imgid'", where
-    )
+    imgid = record.get("imgid")  # absent or null: the path names the image
+    if imgid is None:
+        imgid = f"{filepath}/{filename}" if filepath else filename
+    if isinstance(imgid, bool) or not isinstance(imgid, (str, int)):  # an object's str() is no stable id
+        raise DataError(path, f"'imgid' must be a string or an integer, got {type(imgid).__name__}", where)
+    image_id = check_text(path, str(imgid), "'imgid'", where)
     return SPLIT_ALIASES[split], image_id, image_path, captions
 
 
