@@ -53,6 +53,7 @@ from dcd_itr.report.demo_report import (
 from dcd_itr.report.environment import describe_machine, package_versions
 from dcd_itr.report.examples import correct_positions, example_sheet, pick_queries
 from dcd_itr.report.stages import LEDGER_FILE, StageLedger, digest, file_digest
+from dcd_itr.tasks.common import changed_fields
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
@@ -135,7 +136,7 @@ def _training_stage(
     def action() -> dict[str, str]:
         saved = out / "config.yaml"
         started = (out / "last" / "state.json").exists() and saved.exists()
-        if started and load_yaml_file(saved) != resolved:  # another config's run
+        if started and changed_fields(load_yaml_file(saved), config):  # another config's run
             print(f"  {out} holds a run of another config: starting it over")
             shutil.rmtree(out)
         runner(config, progress=progress)
