@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
-from dcd_itr.data.paths import contained_image_path, real_root
+from dcd_itr.data.paths import check_image_file, contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
 from dcd_itr.errors import DataError
 
@@ -74,8 +74,8 @@ def _parse_image(
         check_text(path, raw, f"sentences[{sentence_index}].raw", where)
         captions.append(raw.strip())
     image_path = contained_image_path(path, image_root, str(Path(filepath) / filename), where)
-    if check_files and not image_path.is_file():
-        raise DataError(path, f"image file not found: {image_path}", where)
+    if check_files:
+        check_image_file(path, image_path, where)
     imgid = record.get("imgid")  # absent or null: the path names the image
     if imgid is None:
         imgid = f"{filepath}/{filename}" if filepath else filename

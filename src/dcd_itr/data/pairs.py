@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.karpathy import SPLIT_ALIASES, check_text
-from dcd_itr.data.paths import contained_image_path, real_root
+from dcd_itr.data.paths import check_image_file, contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
 from dcd_itr.errors import DataError
 
@@ -96,8 +96,8 @@ def _parse_pair(path: Path, where: str, record: object, image_root: Path, check_
     if split not in (None, "") and split not in SPLIT_ALIASES:
         raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)
     image_path = contained_image_path(path, image_root, image, where)
-    if check_files and not image_path.is_file():
-        raise DataError(path, f"image file not found: {image_path}", where)
+    if check_files:
+        check_image_file(path, image_path, where)
     return image.strip(), image_path, caption.strip(), SPLIT_ALIASES.get(split) if split else None
 
 

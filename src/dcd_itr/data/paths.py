@@ -38,3 +38,13 @@ def contained_image_path(source: Path, root: Path, relative: str, where: str) ->
             where,
         )
     return real
+
+
+def check_image_file(source: Path, image_path: Path, where: str) -> None:
+    """A DataError naming the record unless ``image_path`` is a regular file (a name too long, a loop: refused)."""
+    try:
+        found = image_path.is_file()
+    except OSError as error:  # ENAMETOOLONG, ELOOP: is_file() raises these instead of answering False
+        raise DataError(source, f"image file cannot be checked ({error.strerror or error})", where) from None
+    if not found:
+        raise DataError(source, f"image file not found: {image_path}", where)
