@@ -18,10 +18,10 @@ import yaml
 
 from conftest import write_karpathy_fixture
 from dcd_itr.config import apply_override, load_config
-from dcd_itr.errors import ConfigError, CorruptFileError
+from dcd_itr.errors import ConfigError, CorruptFileError, short_repr
 from dcd_itr.models.registry import build_model_from_description
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig
-from dcd_itr.yaml_io import load_yaml_text, short_repr
+from dcd_itr.yaml_io import load_yaml_text
 
 LOL = '["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'
 LEVELS = "abcdefgh"

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from dcd_itr.errors import ConfigError
+from dcd_itr.errors import ConfigError, short_repr, short_text
 from dcd_itr.io_utils import write_text_atomic
-from dcd_itr.yaml_io import load_yaml_file, load_yaml_text, short_repr, short_text
+from dcd_itr.yaml_io import load_yaml_file, load_yaml_text
 
 T = TypeVar("T")
 

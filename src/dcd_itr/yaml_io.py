@@ -8,39 +8,19 @@ Every YAML the project reads -- run configs and recipes, ``--set key=value`` ove
   billions of items as soon as anything walks or prints it (the "billion laughs" attack); no config needs them.
 - **files over** :data:`MAX_YAML_BYTES`: configs are a few kilobytes.
 
-:func:`short_repr` is what every error message uses to show a value: bounded whatever the value is.
+Error messages show values through :func:`dcd_itr.errors.short_repr`: bounded whatever the value is.
 """
 
 from __future__ import annotations
 
-import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dcd_itr.errors import ConfigError, CorruptFileError, DataError, DcdError
+from dcd_itr.errors import ConfigError, CorruptFileError, DataError, DcdError, short_text
 
 MAX_YAML_BYTES = 1 << 20  # 1 MiB: our configs and model descriptions are under 4 KiB
-MAX_REPR_CHARS = 120  # a value shown in an error message: enough to recognise it, never a flood
-
-_repr = reprlib.Repr()
-_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 4, 4, 4, 4
-_repr.maxstring, _repr.maxother, _repr.maxlong = 60, 60, 40
-
-
-def short_repr(value: object, limit: int = MAX_REPR_CHARS) -> str:
-    """``repr(value)`` cut to at most ``limit`` characters without building the full repr of a huge value."""
-    try:
-        text = _repr.repr(value)
-    except Exception:  # a value whose repr fails (should not happen for YAML/JSON data)
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def short_text(text: str, limit: int = 300) -> str:
-    """``text`` cut to at most ``limit`` characters (for messages that embed another error's text)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _AliasRefused(yaml.YAMLError):

@@ -15,8 +15,7 @@ from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
-from dcd_itr.errors import ImageLoadError
-from dcd_itr.yaml_io import short_repr
+from dcd_itr.errors import ImageLoadError, short_repr
 
 
 def record_name(split: RetrievalSplit, row: int) -> str:

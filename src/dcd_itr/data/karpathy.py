@@ -21,7 +21,7 @@ from pathlib import Path
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.paths import check_image_file, contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
-from dcd_itr.errors import DataError
+from dcd_itr.errors import DataError, short_repr
 
 SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -40,7 +40,7 @@ def check_text(path: Path, value: str, field: str, where: str) -> str:
 
 def _image_record_name(index: int, record: object) -> str:
     filename = record.get("filename") if isinstance(record, dict) else None
-    return f"images[{index}]" + (f" ({filename!r})" if isinstance(filename, str) else "")
+    return f"images[{index}]" + (f" ({short_repr(filename)})" if isinstance(filename, str) else "")
 
 
 def _parse_image(
@@ -60,7 +60,9 @@ def _parse_image(
     check_text(path, filepath, "'filepath'", where)
     split = record.get("split")
     if split not in SPLIT_ALIASES:
-        raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)
+        raise DataError(
+            path, f"unknown split {short_repr(split)}; expected one of {sorted(SPLIT_ALIASES)}", where
+        )
     sentences = record.get("sentences")
     if not isinstance(sentences, list) or not sentences:
         raise DataError(path, "'sentences' must be a non-empty list", where)
@@ -123,7 +125,7 @@ def read_karpathy_json(
             where = _image_record_name(index, record)
             if image_id in seen_ids:
                 raise DataError(
-                    path, f"duplicate imgid {image_id!r} (also images[{seen_ids[image_id]}])", where
+                    path, f"duplicate imgid {short_repr(image_id)} (also images[{seen_ids[image_id]}])", where
                 )
             if image_path in seen_paths:
                 raise DataError(path, f"duplicate image path (also images[{seen_paths[image_path]}])", where)

@@ -20,7 +20,7 @@ from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.karpathy import SPLIT_ALIASES, check_text
 from dcd_itr.data.paths import check_image_file, contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
-from dcd_itr.errors import DataError
+from dcd_itr.errors import DataError, short_repr
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # train/val/test, the usual retrieval proportions
 
@@ -94,7 +94,9 @@ def _parse_pair(path: Path, where: str, record: object, image_root: Path, check_
     check_text(path, caption, "'caption'", where)
     split = record.get("split")
     if split not in (None, "") and split not in SPLIT_ALIASES:
-        raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)
+        raise DataError(
+            path, f"unknown split {short_repr(split)}; expected one of {sorted(SPLIT_ALIASES)}", where
+        )
     image_path = contained_image_path(path, image_root, image, where)
     if check_files:
         check_image_file(path, image_path, where)
@@ -133,7 +135,9 @@ def read_pairs(
                             path, f"split {split!r} conflicts with {earlier[0]!r} at {earlier[1]}", where
                         )
                 if caption in captions_by_image.get(image_path, []):
-                    raise DataError(path, f"duplicate caption {caption!r} for image {image_path.name}", where)
+                    raise DataError(
+                        path, f"duplicate caption {short_repr(caption)} for image {image_path.name}", where
+                    )
             except DataError as error:
                 if not skip_bad_records:
                     raise

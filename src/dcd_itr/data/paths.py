@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dcd_itr.errors import DataError
-from dcd_itr.yaml_io import short_repr
+from dcd_itr.errors import DataError, short_repr
 
 
 def real_root(image_root: str | Path) -> Path:

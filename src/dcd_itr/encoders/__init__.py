@@ -20,8 +20,7 @@ from dcd_itr.encoders.base import ImageTower, MissingTowerPackageError, TextTowe
 from dcd_itr.encoders.efficientnet import EfficientNetLiteTower
 from dcd_itr.encoders.hf import HFImageTower, HFTextTower
 from dcd_itr.encoders.minilm import MiniLMTextTower
-from dcd_itr.errors import ConfigError, DcdError
-from dcd_itr.yaml_io import short_repr, short_text
+from dcd_itr.errors import ConfigError, DcdError, short_repr, short_text
 
 HF_PREFIX = "hf:"
 

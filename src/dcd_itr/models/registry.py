@@ -12,12 +12,12 @@ import yaml
 from torch import nn
 
 from dcd_itr.config import config_from_dict, config_to_dict
-from dcd_itr.errors import ConfigError, CorruptFileError, DcdError
+from dcd_itr.errors import ConfigError, CorruptFileError, DcdError, short_repr, short_text
 from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.zeroshot import ZeroShotBridge, ZeroShotConfig
-from dcd_itr.yaml_io import load_yaml_file, short_repr, short_text
+from dcd_itr.yaml_io import load_yaml_file
 
 MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
     "dual": (DualConfig, DualEncoderModel),

@@ -28,11 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
+from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError, short_repr
 from dcd_itr.io_utils import atomic_path, write_json_atomic
 from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
 from dcd_itr.search.index import create_index
-from dcd_itr.yaml_io import short_repr
 
 EMBEDDINGS_DIR = "embeddings"
 MANIFEST_FILE = "manifest.json"

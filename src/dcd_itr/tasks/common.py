@@ -12,13 +12,13 @@ from torch import nn
 from dcd_itr.config import config_to_dict, save_config
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.loading import load_split
-from dcd_itr.errors import ConfigError
+from dcd_itr.errors import ConfigError, short_repr
 from dcd_itr.evaluate import encode_all, score_all_pairs
 from dcd_itr.features import FeatureStore
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.interfaces import FeatureBatch
 from dcd_itr.train import recover_checkpoint
-from dcd_itr.yaml_io import load_yaml_file, short_repr
+from dcd_itr.yaml_io import load_yaml_file
 
 
 def changed_fields(previous: Any, config: Any) -> list[str]:
