@@ -112,3 +112,12 @@ def test_imgid_that_is_not_a_string_or_integer_is_refused(tmp_path, imgid):
         DataError, match=r"images\[2\] \('img2.png'\): 'imgid' must be a string or an integer"
     ):
         read_karpathy_json(data)
+
+
+@pytest.mark.parametrize(("k", "rerank"), [("0.0", "0"), ("10", "0.0"), ("1e1", "0"), ("10", "٣")])
+def test_upload_form_numbers_are_plain_integers(tmp_path_factory, k, rerank):
+    from search_fixtures import png_bytes, upload
+
+    caption_client = TestClient(create_app(cached_retriever(tmp_path_factory, "captions")))
+    assert upload(caption_client, png_bytes(), k=k, rerank=rerank).status_code == 422
+    assert upload(caption_client, png_bytes(), k="3", rerank="0").status_code == 200

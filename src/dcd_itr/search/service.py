@@ -12,6 +12,7 @@ off unless origins are given.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real (locally built) request model classes.
+import re
 from dataclasses import asdict
 from importlib import resources
 from typing import Annotated
@@ -21,6 +22,7 @@ from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from dcd_itr import __version__
@@ -46,6 +48,13 @@ RowParameter = Annotated[
     str,
     FastAPIPath(pattern=r"^[0-9]{1,19}$", description="a non-negative integer below 2^63", examples=["0"]),
 ]
+
+
+def integer_text(value: object) -> object:
+    """A form field that must be an integer: "0.0" or "1e1", which pydantic's lax mode accepts, are refused."""
+    if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value, flags=re.ASCII):
+        raise ValueError("must be an integer")
+    return value
 
 
 def _static(name: str) -> str:
@@ -156,8 +165,8 @@ def create_app(
     )
     async def search_image(
         file: Annotated[UploadFile, File(description="PNG, JPEG, WebP, GIF or BMP")],
-        k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
-        rerank: Annotated[int, Form(ge=0, le=limits.max_rerank)] = 0,
+        k: Annotated[int, BeforeValidator(integer_text), Form(ge=1, le=limits.max_k)] = 10,
+        rerank: Annotated[int, BeforeValidator(integer_text), Form(ge=0, le=limits.max_rerank)] = 0,
     ) -> SearchResponse:
         if retriever.gallery.side != "captions":
             raise HTTPException(400, "this index holds images: query it with text (POST /search/text)")
