@@ -145,3 +145,10 @@ def test_alias_bomb_through_the_cli_is_refused_fast_with_bounded_memory(bomb_inp
     assert "Traceback" not in stderr and len(stderr) < 1000
     assert result["growth_mb"] < 200
     assert result["seconds"] < 10
+
+
+def test_yaml_files_over_the_size_limit_are_refused(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("out: x\n" + "#" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"huge\.yaml: \d+ bytes, over the limit of 1048576"):
+        load_config(path, DualTrainingConfig)

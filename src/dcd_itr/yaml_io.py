@@ -4,7 +4,7 @@ Every YAML the project reads -- run configs and recipes, ``--set key=value`` ove
 ``model.yaml``, a run folder's saved ``config.yaml`` -- goes through :func:`load_yaml_file` or
 :func:`load_yaml_text`. Two things the plain ``yaml.safe_load`` allows are refused:
 
-- **aliases** (``*name``, including ``<<: *name`` merge keys). A 364-byte file of nested anchors expands to
+- **aliases** (``*name``, including ``<<: *name`` merge keys). A few hundred bytes of nested anchors expand to
   billions of items as soon as anything walks or prints it (the "billion laughs" attack); no config needs them.
 - **files over** :data:`MAX_YAML_BYTES`: configs are a few kilobytes.
 
