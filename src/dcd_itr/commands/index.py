@@ -10,6 +10,7 @@ from typing import Any
 
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import ConfigError
+from dcd_itr.export.runtime import DEFAULT_RUNTIME, RUNTIMES, check_runtime
 from dcd_itr.search.base import read_metadata
 from dcd_itr.search.build import (
     DEFAULT_BATCH_SIZE,
@@ -50,14 +51,26 @@ def index_build(
     device: str = "cpu",  # "cuda" under torchrun means this rank's GPU
     shard: str | None = None,  # None -> torchrun's RANK/WORLD_SIZE, else one process
     progress: bool = True,  # tqdm bar
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": --model is an export folder (dcd export --onnx)
 ) -> BuildResult:
     """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``."""
     if backend not in INDEX_BACKENDS:
         raise ConfigError(f"unknown --backend {backend!r}; valid: {', '.join(INDEX_BACKENDS)}")
+    check_runtime(runtime)
     rank, world = parse_shard(shard)
     gallery = Gallery.from_split(load_split(data, split), side, model, data)
     result = build_index(
-        gallery, out, backend, params, rank, world, batch_size, shard_size, _device_for_rank(device), progress
+        gallery,
+        out,
+        backend,
+        params,
+        rank,
+        world,
+        batch_size,
+        shard_size,
+        _device_for_rank(device),
+        progress,
+        runtime,
     )
     if result.merged:
         print(
@@ -95,6 +108,17 @@ def index_info(index: Path) -> dict[str, Any]:
     return info
 
 
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--runtime {torch,onnx}`` (validated again by the library, which names the valid values)."""
+    parser.add_argument(
+        "--runtime",
+        default=DEFAULT_RUNTIME,
+        choices=list(RUNTIMES),
+        help="torch (--model is a model folder) or onnx (--model is a `dcd export --onnx` folder); "
+        "default %(default)s",
+    )
+
+
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", default=DEFAULT_BACKEND, choices=list(INDEX_BACKENDS), help="default %(default)s"
@@ -130,6 +154,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     build.add_argument("--shard", help="RANK/WORLD: embed only this process's shards (default: torchrun env)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_option(build)
     build.set_defaults(
         handler=lambda a: index_build(
             a.model,
@@ -144,6 +169,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             a.device,
             a.shard,
             not a.quiet,
+            a.runtime,
         )
     )
     merge = commands.add_parser(

@@ -29,8 +29,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
+from dcd_itr.export.runtime import load_dual_encoder
 from dcd_itr.io_utils import atomic_path, write_json_atomic
-from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
+from dcd_itr.search.gallery import GALLERY_FILE, Gallery
 from dcd_itr.search.index import create_index
 
 EMBEDDINGS_DIR = "embeddings"
@@ -95,18 +96,15 @@ def embed_shards(
     shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
     device: str = "cpu",  # "cuda" / "cuda:N" where present
     progress: bool = True,  # tqdm bar over items
+    runtime: str = "torch",  # "onnx": embed with onnxruntime from an export folder (dcd export --onnx)
 ) -> int:
     """Embed this rank's missing shards of ``gallery`` with its dual model; returns the items embedded."""
-    from dcd_itr.models.end_to_end import EndToEnd  # local: loading towers pulls in transformers
-
     _prepare_manifest(folder, gallery, shard_size)
     ranges = shard_ranges(len(gallery), shard_size)
     todo = [s for s in range(rank, len(ranges), world) if not shard_path(folder, s).exists()]
     if not todo:
         return 0
-    encoder = EndToEnd.load(gallery.model_dir, device)
-    if not is_dual_encoder(encoder.model):
-        raise ConfigError(f"{gallery.model_dir} is not a dual encoder; an index needs one")
+    encoder = load_dual_encoder(gallery.model_dir, runtime, device)  # torch model or ONNX export folder
     total = sum(ranges[s][1] - ranges[s][0] for s in todo)
     with tqdm(total=total, unit="item", desc=f"embedding {gallery.side}", disable=not progress) as bar:
         for shard in todo:
@@ -236,6 +234,7 @@ def build_index(
     shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
     device: str = "cpu",  # "cuda" / "cuda:N" where present
     progress: bool = True,  # tqdm bar over items
+    runtime: str = "torch",  # "onnx": embed with onnxruntime from an export folder (dcd export --onnx)
 ) -> BuildResult:
     """Embed (resuming) and, for a single-process run, merge into a searchable index folder."""
     started = time.perf_counter()
@@ -246,7 +245,7 @@ def build_index(
     if reused is not None:  # same gallery, same model: only the backend is rebuilt
         _write_index(folder, gallery, reused[0], backend, params)
         return BuildResult(folder, len(gallery), 0, time.perf_counter() - started, True)
-    embedded = embed_shards(gallery, folder, rank, world, batch_size, shard_size, device, progress)
+    embedded = embed_shards(gallery, folder, rank, world, batch_size, shard_size, device, progress, runtime)
     merged = world == 1
     if merged:
         merge_shards(folder, backend, params)

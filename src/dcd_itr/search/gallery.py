@@ -23,6 +23,7 @@ from typing import Any
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.errors import ConfigError, CorruptFileError
+from dcd_itr.export.manifest import exported_model_fingerprint, is_onnx_export
 from dcd_itr.io_utils import write_json_atomic
 
 GALLERY_FILE = "gallery.json"
@@ -31,8 +32,13 @@ FORMAT_VERSION = 1
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of ``model_dir/model.safetensors``: identifies the exact weights that embedded a gallery."""
+    """sha256 of ``model_dir/model.safetensors``: identifies the exact weights that embedded a gallery.
+
+    For an ONNX export folder (``dcd export --onnx``), the fingerprint its manifest recorded of its source model.
+    """
     path = Path(model_dir) / "model.safetensors"
+    if not path.exists() and is_onnx_export(model_dir):
+        return exported_model_fingerprint(model_dir)
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as stream:

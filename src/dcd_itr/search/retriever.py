@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from dcd_itr.errors import CacheMismatchError, ConfigError, DcdError
+from dcd_itr.export.runtime import check_runtime, load_dual_encoder
 from dcd_itr.models.end_to_end import EndToEnd
 from dcd_itr.models.interfaces import FeatureBatch, concat_features, slice_features
-from dcd_itr.search.gallery import Gallery, is_dual_encoder, model_fingerprint
+from dcd_itr.search.gallery import Gallery, model_fingerprint
 from dcd_itr.search.index import load_index
 
 DEFAULT_K = 10  # one screen of results
@@ -68,6 +69,7 @@ class Retriever:
         cross_dir: str | Path | None = None,  # None -> no re-ranking
         device: str = "cpu",  # "cuda" where present
         image_cache_size: int = DEFAULT_IMAGE_CACHE,  # see the constant's reason
+        runtime: str = "torch",  # "onnx": the dual model is an export folder run by onnxruntime
     ) -> None:
         self.folder, self.device = Path(folder), device
         self.lock = threading.RLock()  # index reads vs deletes and reloads
@@ -77,6 +79,7 @@ class Retriever:
         self._image_cache: OrderedDict[int, FeatureBatch] = OrderedDict()
         self._image_cache_size = image_cache_size
         self._load_index()
+        self.runtime = check_runtime(runtime)
         self.model_dir = Path(model_dir or self.gallery.model_dir)
         found = model_fingerprint(self.model_dir)
         if found != self.gallery.model_fingerprint:
@@ -85,9 +88,7 @@ class Retriever:
                 f"but {self.model_dir} has {found[:16]}: queries would not be comparable with the gallery; "
                 f"rebuild the index (dcd index build --model {self.model_dir}) or load the model that built it"
             )
-        self.dual = EndToEnd.load(self.model_dir, device)
-        if not is_dual_encoder(self.dual.model):
-            raise ConfigError(f"{self.model_dir} is not a dual encoder")
+        self.dual = load_dual_encoder(self.model_dir, runtime, device)
         self.cross = EndToEnd.load(cross_dir, device) if cross_dir else None
         if self.cross is not None and not hasattr(self.cross.model, "score_pairs"):
             raise ConfigError(f"{cross_dir} is not a cross-encoder; re-ranking needs one (score_pairs)")
