@@ -34,13 +34,15 @@ from PIL import Image  # noqa: E402
 
 from dcd_itr.data.images import load_rgb  # noqa: E402
 from dcd_itr.data.loading import load_split  # noqa: E402
-from dcd_itr.export import load_dual_encoder  # noqa: E402
+from dcd_itr.export import is_onnx_export, load_dual_encoder  # noqa: E402
+from dcd_itr.export.manifest import exported_model_fingerprint  # noqa: E402
 from dcd_itr.export.onnx_export import export_dual_onnx, quantize_onnx_export  # noqa: E402
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
 from dcd_itr.metrics import rank_dual  # noqa: E402
 from dcd_itr.models.dual import DualConfig, DualEncoderModel  # noqa: E402
 from dcd_itr.models.registry import save_model_description  # noqa: E402
 from dcd_itr.report.environment import describe_machine  # noqa: E402
+from dcd_itr.search.gallery import model_fingerprint  # noqa: E402
 
 FALLBACK_QUERIES = [
     "a red apple on a white plate",
@@ -70,16 +72,21 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def time_calls(call, items: list, warmup: int = 5) -> list[float]:
-    """Milliseconds of ``call([item])`` for each item, after ``warmup`` untimed calls."""
+def time_calls(call, items: list, warmup: int = 5) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds of ``call([item])`` for each item, after ``warmup`` untimed calls.
+
+    With every library on one thread the process's CPU time is the work itself; on a shared machine the wall
+    time also holds the waits for a core, so both are reported.
+    """
     for item in items[:warmup]:
         call([item])
-    times = []
+    wall, cpu = [], []
     for item in items:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         call([item])
-        times.append(1000 * (time.perf_counter() - started))
-    return times
+        wall.append(1000 * (time.perf_counter() - started))
+        cpu.append(1000 * (time.process_time() - started_cpu))
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,17 +97,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100, help="timed image queries (default %(default)s)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/onnx_speed"), help="exports go here")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--reuse-export", action="store_true", help="time the exports in --work if they are of this model"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     model_dir = args.model or random_dual(args.work / "random_dual")
     folders = {"torch": model_dir, "onnx": args.work / "onnx", "onnx-int8": args.work / "onnx-int8"}
-    started = time.perf_counter()
-    export_dual_onnx(model_dir, folders["onnx"])
-    export_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    quantize_onnx_export(folders["onnx"], folders["onnx-int8"])
-    quantize_seconds = time.perf_counter() - started
+    export_seconds = quantize_seconds = None
+    reuse = args.reuse_export and all(is_onnx_export(folders[name]) for name in ("onnx", "onnx-int8"))
+    if reuse and exported_model_fingerprint(folders["onnx"]) != model_fingerprint(model_dir):
+        reuse = False
+    if not reuse:
+        started = time.perf_counter()
+        export_dual_onnx(model_dir, folders["onnx"])
+        export_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        quantize_onnx_export(folders["onnx"], folders["onnx-int8"])
+        quantize_seconds = time.perf_counter() - started
 
     split = load_split(args.data, "test") if args.data else None
     queries = list(split.captions) if split else FALLBACK_QUERIES
@@ -119,17 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = {}
     for name, folder in folders.items():
         encoder = load_dual_encoder(folder, "torch" if name == "torch" else "onnx")
-        text_ms = time_calls(encoder.encode_texts, queries)
-        image_ms = time_calls(encoder.encode_images, images)
+        text_ms, text_cpu_ms = time_calls(encoder.encode_texts, queries)
+        image_ms, image_cpu_ms = time_calls(encoder.encode_images, images)
         encoder.encode_images(gallery)  # warm-up at batch 64
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         encoder.encode_images(gallery)
         batch_ms = 1000 * (time.perf_counter() - started) / len(gallery)
+        batch_cpu_ms = 1000 * (time.process_time() - started_cpu) / len(gallery)
         rows[name] = {
             "text_query_p50_ms": percentile(text_ms, 50),
             "text_query_p90_ms": percentile(text_ms, 90),
+            "text_query_cpu_p50_ms": percentile(text_cpu_ms, 50),
             "image_query_p50_ms": percentile(image_ms, 50),
+            "image_query_cpu_p50_ms": percentile(image_cpu_ms, 50),
             "gallery_ms_per_image": batch_ms,
+            "gallery_cpu_ms_per_image": batch_cpu_ms,
         }
         if split:
             with torch.inference_mode():
@@ -156,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "export_seconds": export_seconds,
         "quantize_seconds": quantize_seconds,
         "file_mib": {
-            name: {f.name: f.stat().st_size / 2**20 for f in sorted(folder.glob("*.onnx"))}
+            name: {f.name: round(f.stat().st_size / 2**20, 1) for f in sorted(folder.glob("*.onnx"))}
             for name, folder in folders.items()
             if name != "torch"
         },
@@ -175,8 +194,11 @@ def render(payload: dict) -> str:
     columns = [
         ("text query p50 (ms)", "text_query_p50_ms", "{:.2f}"),
         ("text query p90 (ms)", "text_query_p90_ms", "{:.2f}"),
+        ("text query CPU p50 (ms)", "text_query_cpu_p50_ms", "{:.2f}"),
         ("image query p50 (ms)", "image_query_p50_ms", "{:.2f}"),
+        ("image query CPU p50 (ms)", "image_query_cpu_p50_ms", "{:.2f}"),
         ("gallery ms/image (batch 64)", "gallery_ms_per_image", "{:.2f}"),
+        ("gallery CPU ms/image", "gallery_cpu_ms_per_image", "{:.2f}"),
         ("min cosine vs torch", "min_cosine_vs_torch", "{:.4f}"),
         ("R@1 i->t", "image_to_text_R@1", "{:.1f}"),
         ("R@1 t->i", "text_to_image_R@1", "{:.1f}"),
@@ -189,7 +211,7 @@ def render(payload: dict) -> str:
         f"Command: `{payload['command']}`  ",
         f"Model: {payload['model']}; towers EfficientNet-Lite0@128 + MiniLM-L6@40; data: {payload['data']}  ",
         f"Machine: {payload['machine'].get('cpu', '?')}, torch and onnxruntime on 1 thread  ",
-        f"Export {payload['export_seconds']:.0f} s, int8 quantisation {payload['quantize_seconds']:.0f} s; "
+        f"Export (s): {payload['export_seconds']}, int8 quantisation (s): {payload['quantize_seconds']}; "
         f"files (MiB): {payload['file_mib']}",
         "",
         "| runtime | " + " | ".join(c[0] for c in columns) + " |",
@@ -199,11 +221,20 @@ def render(payload: dict) -> str:
         cells = [fmt.format(row[key]) if key in row else "" for _, key, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     speedup = rows["torch"]["text_query_p50_ms"] / rows["onnx"]["text_query_p50_ms"]
+    cpu_speedup = rows["torch"]["text_query_cpu_p50_ms"] / rows["onnx"]["text_query_cpu_p50_ms"]
+    best_wall = min(r["text_query_p50_ms"] for n, r in rows.items() if n != "torch")
+    best_cpu = min(r["text_query_cpu_p50_ms"] for n, r in rows.items() if n != "torch")
+    load = payload["machine"].get("load_average_1_5_15")
     lines += [
         "",
-        f"Text query p50: onnx is {speedup:.1f}x torch; target <= 5 ms on 1 core: "
-        + ("met" if min(r["text_query_p50_ms"] for n, r in rows.items() if n != "torch") <= 5 else "not met")
-        + " (best ONNX row).",
+        f"Text query p50: onnx is {speedup:.1f}x torch by wall clock, {cpu_speedup:.1f}x by CPU time. "
+        f"Target <= 5 ms on 1 core: best ONNX wall p50 {best_wall:.2f} ms ("
+        + ("met" if best_wall <= 5 else "not met")
+        + f"), CPU p50 {best_cpu:.2f} ms ("
+        + ("met" if best_cpu <= 5 else "not met")
+        + f"). Load average at the end of the run: {load} (a shared machine inflates wall times).",
+        "The torch row is the serving path as it stands: MiniLM on captions padded to 40 tokens;"
+        " the ONNX rows pad to the query's own length.",
         "",
     ]
     return "\n".join(lines)

@@ -182,12 +182,12 @@ def test_export_refuses_a_cross_encoder_and_needs_a_format(tiny, tmp_path, capsy
 def test_int8_quantisation_stays_close_and_reports_its_recall(exported, embeddings, tmp_path):
     split, out = embeddings
     manifest = quantize_onnx_export(exported, tmp_path / "int8")
-    assert manifest["quantization"] == "int8-dynamic" and min(manifest["check_min_cosine"].values()) >= 0.95
+    assert manifest["quantization"] == "int8-dynamic" and min(manifest["check_min_cosine"].values()) >= 0.9
     encoder = load_dual_encoder(tmp_path / "int8", "onnx")
     images = encoder.encode_images(split.image_paths)["embedding"]
     texts = encoder.encode_texts(split.captions)["embedding"]
     for quantised, reference in ((images, out["torch"][0]), (texts, out["torch"][1])):
-        assert torch.nn.functional.cosine_similarity(quantised, reference, dim=-1).min() >= 0.95
+        assert torch.nn.functional.cosine_similarity(quantised, reference, dim=-1).min() >= 0.9
     int8_metrics = rank_dual(images, texts, split.caption_to_image)
     torch_metrics = rank_dual(*out["torch"], split.caption_to_image)
     assert abs(int8_metrics["rsum"] - torch_metrics["rsum"]) <= 60  # 11 images: one rank moves a recall by 9

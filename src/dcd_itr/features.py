@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -30,7 +31,15 @@ from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders.base import ImageTower, TextTower
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
-from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
+from dcd_itr.feature_rows import ShardedRows, read_safetensors_header
+from dcd_itr.io_utils import (
+    CHECKSUM_KEY,
+    atomic_path,
+    load_checked,
+    tensors_sha256,
+    with_checksum,
+    write_json_atomic,
+)
 from dcd_itr.models.interfaces import FeatureBatch, concat_features
 
 FORMAT_VERSION = 1
@@ -121,6 +130,12 @@ def _shard_path(directory: Path, index: int) -> Path:
     return directory / f"shard-{index:05d}.safetensors"
 
 
+def shard_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """A shard's safetensors metadata: the checksum of all its tensors, and of each one (``sha256:<name>``), so a
+    reader of some tensors (a dual student's ``pooled``) checks what it reads without reading the rest."""
+    return with_checksum(tensors, {f"{CHECKSUM_KEY}:{k}": tensors_sha256({k: v}) for k, v in tensors.items()})
+
+
 def build_feature_cache(
     split: RetrievalSplit,
     tower: ImageTower | TextTower,
@@ -162,7 +177,7 @@ def build_feature_cache(
             features = tower.encode(list(chunk), batch_size=batch_size, pad_to_max_length=True)
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in features.items()}
         with atomic_path(_shard_path(directory, index)) as temp:
-            save_file(tensors, str(temp), metadata=with_checksum(tensors))
+            save_file(tensors, str(temp), metadata=shard_metadata(tensors))
         encoded += len(chunk)
         bar.update(len(chunk))
     bar.close()
@@ -170,19 +185,56 @@ def build_feature_cache(
     return CacheResult(directory, len(items), encoded, time.perf_counter() - start)
 
 
-def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> FeatureBatch:
-    """All rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``)."""
+def _read_shard_tensors(path: Path, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """Every tensor of a shard (checked against its checksum), or only ``names``: the others are never read,
+    and each one read is checked against its own checksum where the shard has one (caches written since)."""
+    if names is None:
+        return load_checked(path)[0]
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        missing = sorted(set(names) - set(handle.keys()))
+        if missing:
+            raise ValueError(f"no tensors {missing}")
+        tensors = {name: handle.get_tensor(name) for name in names}
+    for name, tensor in tensors.items():
+        expected = metadata.get(f"{CHECKSUM_KEY}:{name}")
+        if expected is not None and tensors_sha256({name: tensor}) != expected:
+            raise ValueError(f"tensor {name!r} does not match the checksum stored with it (corrupted)")
+    return tensors
+
+
+def load_feature_cache(
+    directory: Path,
+    dtype: torch.dtype = torch.float32,
+    names: Sequence[str] | None = None,  # e.g. ("pooled",): a dual student never reads token states
+    lazy: bool = False,  # True: ShardedRows per name, rows read from disk when indexed (token states per batch)
+) -> FeatureBatch:
+    """The rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``).
+
+    ``names`` restricts what is read to those tensors (the rest of each shard stays on disk); ``lazy`` returns
+    :class:`~dcd_itr.feature_rows.ShardedRows` that read rows on demand, so memory is bounded by a batch.
+    """
+    directory = Path(directory)
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
         raise CorruptFileError(
             directory / "manifest.json", "cache is incomplete; rerun `dcd features` to finish"
         )
     num_shards = -(-manifest["num_items"] // manifest["shard_size"])
+    if lazy:
+        paths = [_shard_path(directory, index) for index in range(num_shards)]
+        rows = [
+            min(manifest["shard_size"], manifest["num_items"] - i * manifest["shard_size"])
+            for i in range(num_shards)
+        ]
+        if names is None:
+            names = [key for key in read_safetensors_header(paths[0])[1] if key != "__metadata__"]
+        return {name: ShardedRows(paths, name, rows, dtype) for name in names}
     batches = []
     for index in range(num_shards):
         path = _shard_path(directory, index)
         try:
-            shard, _ = load_checked(path)
+            shard = _read_shard_tensors(path, names)
         except (SafetensorError, OSError, ValueError) as error:
             raise CorruptFileError(
                 path, f"cannot read feature shard ({error}); delete it and rerun"
@@ -210,8 +262,16 @@ class FeatureStore:
     fingerprint in each manifest must match the split, so features can never be paired with the wrong rows.
     """
 
-    def __init__(self, cache_root: Path, split: RetrievalSplit, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        cache_root: Path,
+        split: RetrievalSplit,
+        dtype: torch.dtype = torch.float32,
+        names: Sequence[str] | None = None,  # e.g. ("pooled",) for a dual student; None -> every tensor
+        lazy: bool = False,  # rows read from disk per batch (see load_feature_cache)
+    ) -> None:
         self.cache_root, self.split, self.dtype = Path(cache_root), split, dtype
+        self.names, self.lazy = (tuple(names) if names is not None else None), lazy
         self._loaded: dict[str, FeatureBatch] = {}
 
     def _load(self, kind: str, view: str) -> FeatureBatch:
@@ -230,7 +290,7 @@ class FeatureStore:
                 raise CacheMismatchError(
                     f"{directory}: cached for a different version of the {self.split.name} split"
                 )
-            features = load_feature_cache(directory, self.dtype)
+            features = load_feature_cache(directory, self.dtype, self.names, self.lazy)
             self._loaded[key] = {f"{view}.{name}": value for name, value in features.items()}
         return self._loaded[key]
 

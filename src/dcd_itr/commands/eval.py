@@ -20,7 +20,7 @@ from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table, rank_dual, recall_at_k_from_scores
 from dcd_itr.models.interfaces import is_cross_encoder
 from dcd_itr.models.registry import load_model
-from dcd_itr.tasks.common import SplitFeatures, load_split_features
+from dcd_itr.tasks.common import POOLED_ONLY, SplitFeatures, load_split_features
 
 
 def _weights_hash(folder: Path) -> str:
@@ -28,7 +28,8 @@ def _weights_hash(folder: Path) -> str:
 
 
 def _features(model, data: Path, features: Path, split: str) -> SplitFeatures:
-    return load_split_features(data, features, split, model.image_views, model.text_views)
+    subset = {"lazy": True} if is_cross_encoder(model) else {"names": POOLED_ONLY}  # see load_split_features
+    return load_split_features(data, features, split, model.image_views, model.text_views, **subset)
 
 
 def evaluate_model(

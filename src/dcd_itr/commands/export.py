@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="export a dual student to ONNX for onnxruntime (--runtime onnx in index build / search / serve)",
         description="Writes OUT_DIR/image.onnx (pixels -> embedding), text.onnx (token ids -> embedding), the "
         "tokenizer, and onnx_manifest.json (model fingerprint, opset, input names, sha256 of each file). Each "
-        "graph is checked against PyTorch (min cosine >= 0.999, >= 0.95 with --int8) before the manifest is written.",
+        "graph is checked against PyTorch (min cosine >= 0.999, >= 0.9 against float32 with --int8) before the manifest is written.",
     )
     parser.add_argument("--onnx", action="store_true", help="export to ONNX (the only format)")
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="dual model folder")

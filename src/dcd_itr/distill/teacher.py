@@ -63,8 +63,8 @@ class Teacher:
             return split, ImageFiles(split.image_paths), list(split.captions)
         from dcd_itr.tasks.common import load_split_features  # tasks import this module
 
-        cached = load_split_features(
-            data, features, split_name, self.model.image_views, self.model.text_views
+        cached = load_split_features(  # lazy: pools read token states per encode batch
+            data, features, split_name, self.model.image_views, self.model.text_views, lazy=True
         )
         return cached.split, cached.images, cached.texts
 

@@ -56,11 +56,20 @@ class SplitFeatures:
     texts: FeatureBatch  # (M, ...) per key
 
 
+POOLED_ONLY = ("pooled",)  # what a dual student reads: its split's token states never leave the disk
+
+
 def load_split_features(
-    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
+    data: Path,
+    features: Path,
+    split_name: str,
+    image_views: list[str],
+    text_views: list[str],
+    names: tuple[str, ...] | None = None,  # POOLED_ONLY for dual students; None -> every cached tensor
+    lazy: bool = False,  # True: rows read from disk per batch (cross-encoders' token states)
 ) -> SplitFeatures:
     split = load_split(data, split_name)
-    store = FeatureStore(features, split)
+    store = FeatureStore(features, split, names=names, lazy=lazy)
     return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))
 
 

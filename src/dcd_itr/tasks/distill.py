@@ -44,6 +44,7 @@ from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
+    POOLED_ONLY,
     SplitFeatures,
     epoch_generator,
     load_split_features,
@@ -251,11 +252,15 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     student.to(device)
     views = (student.image_views, student.text_views)
     reads = (lambda key: key.endswith(".pooled")) if config.student == "dual" else (lambda key: True)
+    # a dual reads pooled vectors only; a cross student's token states are read per batch (lazy)
+    subset = {"names": POOLED_ONLY} if config.student == "dual" else {"lazy": True}
     train = _on_device(
-        load_split_features(Path(config.data), Path(config.features), "train", *views), device, reads
+        load_split_features(Path(config.data), Path(config.features), "train", *views, **subset),
+        device,
+        reads,
     )
     val = _on_device(
-        load_split_features(Path(config.data), Path(config.features), "val", *views), device, reads
+        load_split_features(Path(config.data), Path(config.features), "val", *views, **subset), device, reads
     )
     save_model_description(student, out / "best")
     infonce = SymmetricInfoNCELoss()

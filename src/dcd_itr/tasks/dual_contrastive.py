@@ -16,6 +16,7 @@ from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
+    POOLED_ONLY,
     image_caption_batches,
     load_split_features,
     prepare_run_dir,
@@ -43,8 +44,8 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
     seed_initial_weights(config.train.seed)
     model = DualEncoderModel(config.model)
     views = (model.image_views, model.text_views)
-    train = load_split_features(Path(config.data), Path(config.features), "train", *views)
-    val = load_split_features(Path(config.data), Path(config.features), "val", *views)
+    train = load_split_features(Path(config.data), Path(config.features), "train", *views, POOLED_ONLY)
+    val = load_split_features(Path(config.data), Path(config.features), "val", *views, POOLED_ONLY)
     save_model_description(model, out / "best")
     loss = SymmetricInfoNCELoss()
 
