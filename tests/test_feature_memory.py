@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from dcd_itr.errors import CorruptFileError
 from dcd_itr.feature_rows import ShardedRows, read_safetensors_header
-from dcd_itr.features import load_feature_cache, shard_metadata
+from dcd_itr.features import load_feature_cache
+from dcd_itr.io_utils import tensors_sha256, with_checksum
 from dcd_itr.models.interfaces import slice_features
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -43,9 +44,7 @@ def write_synthetic_cache(
             "mask": torch.ones(len(rows), tokens[0], dtype=torch.bool),  # (n, L)
             "pooled": (rows.view(-1, 1) * 0.5 + torch.arange(pooled_dim)).to(dtype).contiguous(),  # (n, D)
         }
-        save_file(
-            tensors, str(directory / f"shard-{index:05d}.safetensors"), metadata=shard_metadata(tensors)
-        )
+        save_file(tensors, str(directory / f"shard-{index:05d}.safetensors"), metadata=with_checksum(tensors))
     manifest = {
         "format": 1,
         "kind": "text",
@@ -99,15 +98,22 @@ def test_lazy_rows_cast_half_storage_to_the_asked_dtype(tmp_path):
     assert lazy["tokens"][69, 0, 0] == 69.0 and lazy["mask"][3].dtype == torch.bool
 
 
-def test_corrupt_pooled_tensor_is_caught_without_reading_tokens(small_cache):
+@pytest.mark.parametrize("name", ["pooled", "tokens"])
+def test_pooled_only_read_still_checks_the_whole_shard(small_cache, name):
+    whole = load_feature_cache(small_cache)
     shard = small_cache / "shard-00001.safetensors"
     data_start, header = read_safetensors_header(shard)
-    offset = data_start + header["pooled"]["data_offsets"][0] + 5
+    offset = data_start + header[name]["data_offsets"][0] + 5
     raw = bytearray(shard.read_bytes())
+    raw[offset] ^= 0xFF  # a flipped byte in the tensor read, or in one only hashed
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"shard-00001.*do not match the checksum"):
+        load_feature_cache(small_cache, names=("pooled",))
     raw[offset] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    with pytest.raises(CorruptFileError, match=r"shard-00001.*'pooled' does not match the checksum"):
-        load_feature_cache(small_cache, names=("pooled",))
+    assert tensors_sha256(load_feature_cache(small_cache, names=("pooled",))) == tensors_sha256(
+        {"pooled": whole["pooled"]}
+    )
 
 
 def test_truncated_or_incomplete_shards_are_named(small_cache):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dcd_itr.errors import CorruptFileError
+from dcd_itr.io_utils import CHECKSUM_KEY
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -140,3 +141,45 @@ class ShardedRows:
         if len(unique) != len(rows) or not np.array_equal(unique, rows):
             gathered = gathered[torch.from_numpy(inverse.reshape(-1))]  # (len(rows), ...) in the asked order
         return gathered.to(self.dtype)
+
+
+def read_tensors_checked(path: Path, names: list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Tensors ``names`` of a safetensors file, with the file's ``sha256`` metadata checked over all its tensors.
+
+    The checksum (:func:`~dcd_itr.io_utils.tensors_sha256`: name, dtype, shape and bytes of each tensor in name
+    order) covers every tensor, so the others are hashed too — streamed from the file 1 MiB at a time with
+    ``os.pread``, never held and never mapped: memory holds the tensors asked for and one block. (A checksum per
+    tensor would spare those reads, but safetensors writes metadata keys in a random order, and shards must stay
+    byte-identical across runs.) ``ValueError`` for a missing tensor or a mismatch.
+    """
+    import hashlib
+
+    data_start, header = read_safetensors_header(Path(path))
+    metadata = header.pop("__metadata__", None) or {}
+    missing = sorted(set(names) - set(header))
+    if missing:
+        raise ValueError(f"no tensors {missing}")
+    digest, kept = hashlib.sha256(), {}
+    with open(path, "rb") as stream:
+        for name in sorted(header):
+            entry = header[name]
+            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+            if dtype is None:
+                raise ValueError(f"tensor {name!r} has an unknown dtype {entry.get('dtype')!r}")
+            begin, end = entry["data_offsets"]
+            digest.update(f"{name}\t{dtype}\t{tuple(entry['shape'])}\n".encode())
+            if name in names:
+                data = os.pread(stream.fileno(), end - begin, data_start + begin)
+                if len(data) != end - begin:
+                    raise ValueError(f"file is truncated (tensor {name!r})")
+                digest.update(data)
+                kept[name] = torch.frombuffer(bytearray(data), dtype=dtype).view(entry["shape"])
+                continue
+            for offset in range(begin, end, 1 << 20):
+                block = os.pread(stream.fileno(), min(1 << 20, end - offset), data_start + offset)
+                if not block:
+                    raise ValueError(f"file is truncated (tensor {name!r})")
+                digest.update(block)
+    if CHECKSUM_KEY in metadata and digest.hexdigest() != metadata[CHECKSUM_KEY]:
+        raise ValueError("its tensors do not match the checksum stored with them (corrupted)")
+    return kept

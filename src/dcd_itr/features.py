@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -31,15 +31,8 @@ from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders.base import ImageTower, TextTower
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
-from dcd_itr.feature_rows import ShardedRows, read_safetensors_header
-from dcd_itr.io_utils import (
-    CHECKSUM_KEY,
-    atomic_path,
-    load_checked,
-    tensors_sha256,
-    with_checksum,
-    write_json_atomic,
-)
+from dcd_itr.feature_rows import ShardedRows, read_safetensors_header, read_tensors_checked
+from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
 from dcd_itr.models.interfaces import FeatureBatch, concat_features
 
 FORMAT_VERSION = 1
@@ -130,12 +123,6 @@ def _shard_path(directory: Path, index: int) -> Path:
     return directory / f"shard-{index:05d}.safetensors"
 
 
-def shard_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-    """A shard's safetensors metadata: the checksum of all its tensors, and of each one (``sha256:<name>``), so a
-    reader of some tensors (a dual student's ``pooled``) checks what it reads without reading the rest."""
-    return with_checksum(tensors, {f"{CHECKSUM_KEY}:{k}": tensors_sha256({k: v}) for k, v in tensors.items()})
-
-
 def build_feature_cache(
     split: RetrievalSplit,
     tower: ImageTower | TextTower,
@@ -177,7 +164,7 @@ def build_feature_cache(
             features = tower.encode(list(chunk), batch_size=batch_size, pad_to_max_length=True)
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in features.items()}
         with atomic_path(_shard_path(directory, index)) as temp:
-            save_file(tensors, str(temp), metadata=shard_metadata(tensors))
+            save_file(tensors, str(temp), metadata=with_checksum(tensors))
         encoded += len(chunk)
         bar.update(len(chunk))
     bar.close()
@@ -186,21 +173,11 @@ def build_feature_cache(
 
 
 def _read_shard_tensors(path: Path, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
-    """Every tensor of a shard (checked against its checksum), or only ``names``: the others are never read,
-    and each one read is checked against its own checksum where the shard has one (caches written since)."""
+    """Every tensor of a shard, or only ``names`` (the rest streamed through the checksum, never held: see
+    :func:`~dcd_itr.feature_rows.read_tensors_checked`); checked against the shard's checksum either way."""
     if names is None:
         return load_checked(path)[0]
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        missing = sorted(set(names) - set(handle.keys()))
-        if missing:
-            raise ValueError(f"no tensors {missing}")
-        tensors = {name: handle.get_tensor(name) for name in names}
-    for name, tensor in tensors.items():
-        expected = metadata.get(f"{CHECKSUM_KEY}:{name}")
-        if expected is not None and tensors_sha256({name: tensor}) != expected:
-            raise ValueError(f"tensor {name!r} does not match the checksum stored with it (corrupted)")
-    return tensors
+    return read_tensors_checked(path, tuple(names))
 
 
 def load_feature_cache(
