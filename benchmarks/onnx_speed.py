@@ -34,15 +34,17 @@ from PIL import Image  # noqa: E402
 
 from dcd_itr.data.images import load_rgb  # noqa: E402
 from dcd_itr.data.loading import load_split  # noqa: E402
+from dcd_itr.demo.environment import describe_machine  # noqa: E402
 from dcd_itr.export import is_onnx_export, load_dual_encoder  # noqa: E402
 from dcd_itr.export.manifest import exported_model_fingerprint  # noqa: E402
 from dcd_itr.export.onnx_export import export_dual_onnx, quantize_onnx_export  # noqa: E402
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
 from dcd_itr.metrics import rank_dual  # noqa: E402
 from dcd_itr.models.dual import DualConfig, DualEncoderModel  # noqa: E402
-from dcd_itr.models.registry import save_model_description  # noqa: E402
-from dcd_itr.report.environment import describe_machine  # noqa: E402
-from dcd_itr.search.gallery import model_fingerprint  # noqa: E402
+from dcd_itr.models.registry import (
+    save_model_description,  # noqa: E402
+    weights_fingerprint,  # noqa: E402
+)
 
 FALLBACK_QUERIES = [
     "a red apple on a white plate",
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = {"torch": model_dir, "onnx": args.work / "onnx", "onnx-int8": args.work / "onnx-int8"}
     export_seconds = quantize_seconds = None
     reuse = args.reuse_export and all(is_onnx_export(folders[name]) for name in ("onnx", "onnx-int8"))
-    if reuse and exported_model_fingerprint(folders["onnx"]) != model_fingerprint(model_dir):
+    if reuse and exported_model_fingerprint(folders["onnx"]) != weights_fingerprint(model_dir):
         reuse = False
     if not reuse:
         started = time.perf_counter()

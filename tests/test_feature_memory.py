@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from dcd_itr.errors import CorruptFileError
 from dcd_itr.feature_rows import ShardedRows, read_safetensors_header
 from dcd_itr.features import load_feature_cache
+from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import tensors_sha256, with_checksum
-from dcd_itr.models.interfaces import slice_features
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MIB = 2**20
@@ -129,7 +129,7 @@ MEASURE = """
 import sys
 import torch
 from dcd_itr.features import load_feature_cache
-from dcd_itr.models.interfaces import slice_features
+from dcd_itr.interfaces import slice_features
 
 def status_kib(field):
     with open("/proc/self/status") as status:

@@ -14,7 +14,6 @@ import torch
 
 import search_fixtures
 from dcd_itr.cli import main
-from dcd_itr.commands.index import index_build
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
 from dcd_itr.export import export_dual_onnx, load_dual_encoder, read_export_manifest
@@ -22,7 +21,9 @@ from dcd_itr.export.manifest import MANIFEST_FILE
 from dcd_itr.export.onnx_export import quantize_onnx_export
 from dcd_itr.io_utils import file_sha256
 from dcd_itr.metrics import rank_dual
-from dcd_itr.search.gallery import model_fingerprint
+from dcd_itr.models.registry import weights_fingerprint
+from dcd_itr.search.build import index_build
+from dcd_itr.search.gallery import dual_fingerprint
 from dcd_itr.search.retriever import Retriever
 
 pytest.importorskip("onnxruntime")
@@ -63,7 +64,7 @@ def copy_export(exported, tmp_path):
 
 def test_manifest_records_fingerprint_opset_inputs_and_file_hashes(tiny, exported):
     manifest = read_export_manifest(exported)
-    assert manifest["model_fingerprint"] == model_fingerprint(tiny.dual) == model_fingerprint(exported)
+    assert manifest["model_fingerprint"] == weights_fingerprint(tiny.dual) == dual_fingerprint(exported)
     assert manifest["opset"] == 20 and manifest["quantization"] is None and manifest["embed_dim"] == 8
     assert manifest["image"]["input_names"] == ["pixels"] and manifest["image"]["image_size"] == 32
     assert manifest["text"]["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]

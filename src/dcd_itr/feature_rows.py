@@ -3,7 +3,7 @@
 A split's token states do not fit in RAM at COCO scale (566K captions x 40 tokens x 384 floats = 35 GB).
 :class:`ShardedRows` stands in for the concatenated ``(N, ...)`` tensor of one name (``tokens``, ``mask``, ...)
 across the shards of a feature cache folder: ``rows[index]`` (a slice or a 1-D index tensor, what
-:func:`~dcd_itr.models.interfaces.slice_features` passes) reads just those rows with ``os.pread`` — no mmap, so
+:func:`~dcd_itr.interfaces.slice_features` passes) reads just those rows with ``os.pread`` — no mmap, so
 nothing read lingers in the process's resident memory — and returns an ordinary tensor. ``.to("cpu")`` is itself,
 so training code that moves features to their device once keeps working; another device materialises the rows.
 

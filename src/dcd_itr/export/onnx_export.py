@@ -199,11 +199,12 @@ def export_dual_onnx(
 ) -> dict[str, Any]:
     """Write ``out`` (see :mod:`dcd_itr.export.manifest`) from the dual model in ``model_dir``; returns the manifest."""
     from dcd_itr.models.end_to_end import EndToEnd  # local: builds towers, pulls in transformers
-    from dcd_itr.search.gallery import is_dual_encoder, model_fingerprint
+    from dcd_itr.models.registry import weights_fingerprint
+    from dcd_itr.search.gallery import is_dual_encoder
 
     require_onnx_export()
     model_dir, out = Path(model_dir), Path(out)
-    fingerprint = model_fingerprint(model_dir)
+    fingerprint = weights_fingerprint(model_dir)
     encoder = EndToEnd.load(model_dir)
     model = encoder.model
     if not is_dual_encoder(model):

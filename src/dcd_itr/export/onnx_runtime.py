@@ -17,8 +17,8 @@ from PIL import Image
 from dcd_itr.data.images import load_rgb
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.export.manifest import OUTPUT_NAME, read_export_manifest
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.io_utils import file_sha256
-from dcd_itr.models.interfaces import FeatureBatch
 
 DEFAULT_IMAGE_BATCH = 64  # images per session call: fills the cores without a large memory peak
 DEFAULT_TEXT_BATCH = 256  # captions per session call, sorted by length so padding stays small

@@ -36,11 +36,12 @@ def load_dual_encoder(folder: str | Path, runtime: str = DEFAULT_RUNTIME, device
             f"{folder} is an ONNX export: use --runtime onnx (or give the PyTorch model folder)"
         )
     from dcd_itr.models.end_to_end import EndToEnd
-    from dcd_itr.search.gallery import is_dual_encoder, model_fingerprint
+    from dcd_itr.models.registry import weights_fingerprint
+    from dcd_itr.search.gallery import is_dual_encoder
 
     encoder = EndToEnd.load(folder, device)
     if not is_dual_encoder(encoder.model):
         raise ConfigError(f"{folder} is not a dual encoder")
-    encoder.model_fingerprint = model_fingerprint(folder)
+    encoder.model_fingerprint = weights_fingerprint(folder)
     encoder.runtime = "torch"
     return encoder

@@ -25,28 +25,19 @@ from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.export.manifest import exported_model_fingerprint, is_onnx_export
 from dcd_itr.io_utils import write_json_atomic
+from dcd_itr.models.registry import WEIGHTS_FILE, weights_fingerprint
 
 GALLERY_FILE = "gallery.json"
 SIDES = ("images", "captions")
 FORMAT_VERSION = 1
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of ``model_dir/model.safetensors``: identifies the exact weights that embedded a gallery.
-
-    For an ONNX export folder (``dcd export --onnx``), the fingerprint its manifest recorded of its source model.
-    """
-    path = Path(model_dir) / "model.safetensors"
-    if not path.exists() and is_onnx_export(model_dir):
+def dual_fingerprint(model_dir: str | Path) -> str:
+    """The weights fingerprint of a dual model folder, or of the model an ONNX export folder was made from (its
+    manifest records it), so an index built through either runtime accepts queries from the other."""
+    if not (Path(model_dir) / WEIGHTS_FILE).exists() and is_onnx_export(model_dir):
         return exported_model_fingerprint(model_dir)
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: model weights not found (is {model_dir} a model folder?)") from None
-    return digest.hexdigest()
+    return weights_fingerprint(model_dir)
 
 
 def is_dual_encoder(model: object) -> bool:
@@ -81,7 +72,7 @@ class Gallery:
             item_texts=list(split.captions) if side == "captions" else [],
             item_images=split.caption_to_image.tolist() if side == "captions" else [],
             model_dir=str(Path(model_dir).resolve()),
-            model_fingerprint=model_fingerprint(model_dir),
+            model_fingerprint=dual_fingerprint(model_dir),
             source={"data": str(Path(data).resolve()), "split": split.name},
         )
 

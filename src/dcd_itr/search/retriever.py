@@ -22,9 +22,9 @@ from PIL import Image
 
 from dcd_itr.errors import CacheMismatchError, ConfigError, DcdError
 from dcd_itr.export.runtime import check_runtime, load_dual_encoder
+from dcd_itr.interfaces import FeatureBatch, concat_features, slice_features
 from dcd_itr.models.end_to_end import EndToEnd
-from dcd_itr.models.interfaces import FeatureBatch, concat_features, slice_features
-from dcd_itr.search.gallery import Gallery, model_fingerprint
+from dcd_itr.search.gallery import Gallery, dual_fingerprint
 from dcd_itr.search.index import load_index
 
 DEFAULT_K = 10  # one screen of results
@@ -81,7 +81,7 @@ class Retriever:
         self._load_index()
         self.runtime = check_runtime(runtime)
         self.model_dir = Path(model_dir or self.gallery.model_dir)
-        found = model_fingerprint(self.model_dir)
+        found = dual_fingerprint(self.model_dir)
         if found != self.gallery.model_fingerprint:
             raise CacheMismatchError(
                 f"{self.folder} was built by the model with fingerprint {self.gallery.model_fingerprint[:16]}, "
