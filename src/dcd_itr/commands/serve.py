@@ -51,9 +51,10 @@ def serve(
         print(f"dcd serve: listening on {host}: reachable from other machines", file=sys.stderr)
         if not api_key:
             print("dcd serve: no --api-key: admin routes stay disabled", file=sys.stderr)
-    app = create_app(
-        Retriever(index, model, cross, device, runtime=runtime), api_key=api_key, cors_origins=cors_origins
-    )
+    retriever = Retriever(index, model, cross, device, runtime=runtime)
+    seconds = retriever.warm_up()  # the first burst of requests must not pay the models' cold start
+    print(f"dcd serve: models warmed up in {seconds:.1f} s", file=sys.stderr)
+    app = create_app(retriever, api_key=api_key, cors_origins=cors_origins)
     uvicorn.run(app, host=host, port=port, limit_concurrency=max_concurrency, log_level="info")
 
 
