@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _seconds(value: float | None) -> str:
+    return "reused from an earlier run" if value is None else f"{value:.0f}"
+
+
 def render(payload: dict) -> str:
     rows = payload["rows"]
     columns = [
@@ -213,7 +217,8 @@ def render(payload: dict) -> str:
         f"Command: `{payload['command']}`  ",
         f"Model: {payload['model']}; towers EfficientNet-Lite0@128 + MiniLM-L6@40; data: {payload['data']}  ",
         f"Machine: {payload['machine'].get('cpu', '?')}, torch and onnxruntime on 1 thread  ",
-        f"Export (s): {payload['export_seconds']}, int8 quantisation (s): {payload['quantize_seconds']}; "
+        f"Export (s): {_seconds(payload['export_seconds'])}, int8 quantisation (s): "
+        f"{_seconds(payload['quantize_seconds'])}; "
         f"files (MiB): {payload['file_mib']}",
         "",
         "| runtime | " + " | ".join(c[0] for c in columns) + " |",
