@@ -95,6 +95,11 @@ def is_cross_encoder(model: object) -> bool:
     return hasattr(model, "score_pairs") and hasattr(model, "fusion_depth")
 
 
+def is_dual_encoder(model: object) -> bool:
+    """Embeddings compared by a dot product (DualEncoderModel, the zero-shot bridge), not pair scores."""
+    return hasattr(model, "similarity") and not hasattr(model, "score_pairs")
+
+
 def expand_score_matrix(
     model: CrossEncoder, image_features: FeatureBatch, text_features: FeatureBatch
 ) -> torch.Tensor:
