@@ -19,6 +19,7 @@ from dcd_itr.encoders.base import ImageTower, MissingTowerPackageError, TextTowe
 from dcd_itr.encoders.efficientnet import EfficientNetLiteTower
 from dcd_itr.encoders.hf import HFImageTower, HFTextTower
 from dcd_itr.encoders.minilm import MiniLMTextTower
+from dcd_itr.encoders.regions import RegionTower, efficientnet_regions
 from dcd_itr.errors import ConfigError
 
 HF_PREFIX = "hf:"
@@ -28,6 +29,8 @@ IMAGE_TOWERS: dict[str, Callable[..., ImageTower]] = {
     "efficientnet-lite0": partial(EfficientNetLiteTower, "lite0"),
     "efficientnet-lite1": partial(EfficientNetLiteTower, "lite1"),
     "efficientnet-lite2": partial(EfficientNetLiteTower, "lite2"),
+    # one pooled feature per detected object (crop at SIZE px, default 112) + its box: the grounded teacher's view
+    "regions-efficientnet-lite0": partial(efficientnet_regions, "lite0"),
 }
 
 #: name -> factory(max_length=..., device=..., **options)
@@ -79,6 +82,7 @@ __all__ = [
     "ImageTower",
     "MiniLMTextTower",
     "MissingTowerPackageError",
+    "RegionTower",
     "TextTower",
     "build_image_tower",
     "build_text_tower",
