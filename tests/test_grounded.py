@@ -3,6 +3,7 @@ that must learn a left/right relation (known answer) from a listwise loss with s
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -201,3 +202,47 @@ def test_tiny_model_learns_left_of_from_swapped_twins():
     assert (
         twin_accuracy(paths_only(model), world, all_pairs) <= 0.75
     )  # a bag of objects cannot tell twins apart
+
+
+# ------------------------------------------------------------------ training lists of the grounded teacher
+
+
+def toy_scene_index():
+    """8 scenes = 4 twin pairs (rows 2p, 2p+1), 2 captions each; scenes 0-3 share objects, 4-7 share others."""
+    from dcd_itr.tasks.grounded_teacher import SceneIndex
+
+    twin = np.asarray([1, 0, 3, 2, 5, 4, 7, 6])
+    captions = [[2 * i, 2 * i + 1] for i in range(8)]
+    sharing = [
+        np.asarray([r for r in range(4 * (i // 4), 4 * (i // 4) + 4) if r not in (i, twin[i])])
+        for i in range(8)
+    ]
+    return SceneIndex(twin, captions, sharing)
+
+
+def test_ranking_lists_hold_positive_then_twin_and_no_other_positive():
+    from dcd_itr.tasks.grounded_teacher import GroundedTeacherConfig, ranking_lists
+
+    config = GroundedTeacherConfig(steps_per_epoch=3, anchors_per_batch=6, negatives=5, hard_negatives=2)
+    index = toy_scene_index()
+    batches = ranking_lists(index, config, epoch=1)
+    assert len(batches) == 3
+    for kind, image_rows, caption_rows in batches:
+        assert kind == "rank" and image_rows.shape == caption_rows.shape == (6, 6)
+        for images, captions in zip(image_rows.tolist(), caption_rows.tolist(), strict=True):
+            owner = [c // 2 for c in captions]
+            if len(set(images)) == 1:  # image -> text
+                image = images[0]
+                assert owner[0] == image and owner[1] == index.twin[image]
+                assert captions[1] % 2 == captions[0] % 2  # the twin's caption with the same template
+                assert image not in owner[1:] and len(set(captions)) == 6
+                assert owner[2] == index.twin[image]  # then the twin's other caption (its converse form)
+                assert set(owner[3:5]) <= set(index.sharing[image].tolist())  # then hard: share an object
+            else:  # text -> image
+                assert len(set(captions)) == 1 and owner[0] == images[0]
+                assert images[1] == index.twin[images[0]] and len(set(images)) == 6
+                assert set(images[2:4]) <= set(index.sharing[images[0]].tolist())  # hard: share an object
+    again = ranking_lists(index, config, epoch=1)
+    assert all(
+        torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(batches, again, strict=True)
+    )

@@ -120,3 +120,20 @@ def test_region_view_cache_round_trip(tmp_path):
     assert cached["regions-mean-colour@16.mask"].sum(1).tolist() == [2, 2, 1]
     # the twins hold the same colours in swapped places: same regions in the same slots, boxes exchanged
     torch.testing.assert_close(direct["tokens"][0], direct["tokens"][1].flip(0))
+
+
+def test_identical_crops_are_encoded_once():
+    inner = MeanColourTower()
+    seen = []
+    original = inner.encode
+    inner.encode = lambda crops, batch_size=64: seen.append(len(crops)) or original(crops, batch_size)
+    tower = RegionTower(inner, detector=colour_boxes, max_regions=2, margin=0.0)
+    image = Image.new("RGB", (64, 48), (255, 255, 255))
+    image.paste(RED, (4, 8, 20, 24))
+    image.paste(BLUE, (40, 8, 56, 24))
+    twin = Image.new("RGB", (64, 48), (255, 255, 255))
+    twin.paste(BLUE, (4, 8, 20, 24))
+    twin.paste(RED, (40, 8, 56, 24))
+    features = tower.encode([image, twin])
+    assert seen == [2]  # four crops, two distinct
+    torch.testing.assert_close(features["tokens"][0], features["tokens"][1].flip(0))

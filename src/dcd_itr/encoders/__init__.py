@@ -29,7 +29,7 @@ IMAGE_TOWERS: dict[str, Callable[..., ImageTower]] = {
     "efficientnet-lite0": partial(EfficientNetLiteTower, "lite0"),
     "efficientnet-lite1": partial(EfficientNetLiteTower, "lite1"),
     "efficientnet-lite2": partial(EfficientNetLiteTower, "lite2"),
-    # one pooled feature per detected object (crop at SIZE px, default 112) + its box: the grounded teacher's view
+    # one pooled feature per detected object (crop at SIZE px, default 96) + its box: the grounded teacher's view
     "regions-efficientnet-lite0": partial(efficientnet_regions, "lite0"),
 }
 

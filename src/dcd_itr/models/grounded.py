@@ -38,7 +38,7 @@ GEOMETRY_FEATURES = (
 @dataclass
 class GroundedConfig:
     image_view: str = (
-        "regions-efficientnet-lite0@112"  # crops of detected objects: cheap, one token per object
+        "regions-efficientnet-lite0@96"  # crops of detected objects: cheap, one token per object
     )
     text_view: str = "minilm-l6@40"  # MiniLM token states: the cached text view every model shares
     region_dim: int = 1280  # Lite0's pooled head width
