@@ -116,7 +116,7 @@ def test_train_teacher_grounded_end_to_end(tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"align", "path"} <= set(lines[0]) and any("twin_top1" in line for line in lines)
     validations = [line["validation"] for line in lines if "validation" in line]
-    assert len(validations) == 2 and all("rsum" in v for v in validations)
+    assert len(validations) == 2 and all("rsum" in v and "twin_group" in v for v in validations)
     # a rerun of the finished run resumes at its end: nothing retrained, the same best weights
     before = (run / "best" / "model.safetensors").read_bytes()
     assert main(["train-teacher", "--config", str(config_path), "--quiet"]) == 0
