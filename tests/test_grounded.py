@@ -176,6 +176,7 @@ def twin_accuracy(model, world, pairs, seed=99) -> float:
         return (model(images, true_caption) > model(images, swapped)).float().mean().item()
 
 
+@pytest.mark.slow  # 300 optimizer steps: ~10 s on an idle core
 def test_tiny_model_learns_left_of_from_swapped_twins():
     torch.manual_seed(0)
     world = relation_world()

@@ -51,6 +51,10 @@ class GroundedConfig:
     dropout: float = 0.0  # short CPU runs do not overfit; dropout costs a third of a step
     max_text_tokens: int = 40  # positions for the text stream (the tower's max length)
     grounding_scale: float = 10.0  # initial tau of the token->region softmax (learned)
+    position_scale: float = 0.5  # init std of the text positions, comparable to the unit-scale token inputs
+    geometry_norm: bool = (
+        True  # layer-norm the geometry MLP's output: the grounding signal as loud as the word
+    )
     fusion: bool = True  # False -> paths-only: the similarity path alone, same weights
     max_pairs_per_chunk: int = 4096  # bounds the memory of score_matrix's expanded pairs
 
@@ -82,10 +86,17 @@ class GroundedCrossEncoder(nn.Module):
         self.path_text = nn.Linear(config.text_dim, ground)
         self.path_scale = nn.Parameter(torch.tensor(10.0))  # a logit range fit for a softmax over 8
         self.text_input = nn.Sequential(nn.Linear(config.text_dim, width), nn.LayerNorm(width))
-        self.positions = nn.Parameter(torch.randn(1, config.max_text_tokens + 1, width) * 0.02)
+        # positions on the scale of the layer-normed token inputs (unit variance per channel): the fusion must tell
+        # the subject from the object by order, and 0.02-scale positions drown under unit-scale tokens
+        self.positions = nn.Parameter(
+            torch.randn(1, config.max_text_tokens + 1, width) * config.position_scale
+        )
         self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.geometry_mlp = nn.Sequential(
-            nn.Linear(GEOMETRY_FEATURES, width), nn.GELU(), nn.Linear(width, width)
+            nn.Linear(GEOMETRY_FEATURES, width),
+            nn.GELU(),
+            nn.Linear(width, width),
+            nn.LayerNorm(width) if config.geometry_norm else nn.Identity(),
         )
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
