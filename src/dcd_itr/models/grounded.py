@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcd_itr.models.fusion import spread_layer_indices
 from dcd_itr.interfaces import FeatureBatch, slice_features
+from dcd_itr.models.fusion import spread_layer_indices
 
 GEOMETRY_FEATURES = (
     8  # centre (2), size (2), offset from the regions' mean centre (2), best and mean match (2)

@@ -32,12 +32,12 @@ from torch import nn
 from dcd_itr.distill.contrastive import ListwiseRankingLoss, SymmetricInfoNCELoss
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import encode_all, score_all_pairs
+from dcd_itr.features import SplitFeatures, load_split_features
+from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import recall_at_k_from_scores
 from dcd_itr.models.grounded import GroundedConfig, GroundedCrossEncoder, paths_only
-from dcd_itr.interfaces import slice_features
 from dcd_itr.models.registry import save_model_description
-from dcd_itr.features import SplitFeatures, load_split_features
 from dcd_itr.tasks.common import epoch_generator, prepare_run_dir, seed_initial_weights
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
