@@ -83,13 +83,9 @@ class DistillConfig:
     dual: DualConfig = field(default_factory=DualConfig)  # the dual student's architecture
     cross_layers: list[int] | None = None  # teacher fusion layers kept; None = half, spread, first and last
     fusion_lr_multiplier: float = 5.0  # reference recipe: fusion layers learn 5x faster
-    cross_frozen: bool = (
-        False  # True: only fusion layers, poolers, head train (DCD_SPEC); False: the emoji recipe
-    )
+    cross_frozen: bool = False  # True: only fusion, poolers, head train (DCD_SPEC); False: emoji recipe
     cross_init: str = "cut"  # cut | random: the control of the same shape (needs cross_frozen)
-    val_twin_pairs: int | None = (
-        None  # grounded cross student: validate on this many val twin pairs; None: all
-    )
+    val_twin_pairs: int | None = None  # grounded cross student: val twin pairs scored; None: all
     pool_size: int = 16  # P, the reference COCO setting
     num_candidates: int = 8  # K, the reference setting
     directions: list[str] = field(
