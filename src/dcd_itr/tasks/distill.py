@@ -250,7 +250,9 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     del teacher  # the student never calls the teacher: its scores come from the cache
     student.to(device)
     views = (student.image_views, student.text_views)
-    reads = (lambda key: key.endswith(".pooled")) if config.student == "dual" else (lambda key: True)
+    # a dual student reads only what its heads use (pooled vectors, or tokens + mask); a cross student all
+    names = student.feature_names if config.student == "dual" else None
+    reads = lambda key: names is None or key.rsplit(".", 1)[-1] in names  # noqa: E731
     train = _on_device(
         load_split_features(Path(config.data), Path(config.features), "train", *views), device, reads
     )
