@@ -136,4 +136,5 @@ def test_bag_dual_description_is_unchanged_and_reads_pooled(tmp_path: Path) -> N
 def test_bad_grid_is_a_clear_error() -> None:
     model = tiny_model(True)
     with pytest.raises(ConfigError, match="not a square grid"):
-        model.encode_images(image_batch(torch.randn(1, 15, TOKEN_DIM)))
+        model.encode_images(image_batch(torch.randn(1, 14, TOKEN_DIM)))
+    assert model.encode_images(image_batch(torch.randn(1, 17, TOKEN_DIM)))["embedding"].shape == (1, 8)  # CLS

@@ -39,8 +39,9 @@ class AttentionPoolConfig:
 class AttentionPoolEncoder(nn.Module):
     """Tokens (B, N, C) + mask (B, N) -> (B, embed_dim), sensitive to token positions (see the module doc).
 
-    ``positions="grid"``: N must be a square h*w (row-major, as the image towers flatten); each token gets a
-    learned row embedding plus a learned column embedding. ``positions="sequence"``: a learned embedding per
+    ``positions="grid"``: N must be a square h*w (row-major, as the image towers flatten), or h*w + 1 with a
+    leading summary token (a ViT's CLS); each grid token gets a learned row embedding plus a learned column
+    embedding, the summary token one of its own. ``positions="sequence"``: a learned embedding per
     index. Padding (mask False) is ignored; right padding beyond the batch's longest row is trimmed first, which
     leaves every output unchanged.
     """
@@ -59,6 +60,7 @@ class AttentionPoolEncoder(nn.Module):
         if positions == "grid":
             self.row_embedding = nn.Parameter(torch.randn(config.max_grid_side, width) * 0.02)
             self.column_embedding = nn.Parameter(torch.randn(config.max_grid_side, width) * 0.02)
+            self.summary_embedding = nn.Parameter(torch.randn(1, width) * 0.02)
         else:
             self.index_embedding = nn.Parameter(torch.randn(config.max_text_tokens, width) * 0.02)
         self.layers = nn.ModuleList(
@@ -83,13 +85,16 @@ class AttentionPoolEncoder(nn.Module):
                 )
             return self.index_embedding[:num_tokens]
         side = math.isqrt(num_tokens)
-        if side * side != num_tokens or side > self.config.max_grid_side:
+        summary = num_tokens - side * side  # 1 for a leading CLS token
+        if summary > 1 or side > self.config.max_grid_side:
             raise ConfigError(
-                f"{num_tokens} image tokens are not a square grid of side <= {self.config.max_grid_side}"
+                f"{num_tokens} image tokens are not a square grid of side <= {self.config.max_grid_side} "
+                "(with at most one leading summary token)"
             )
         rows = self.row_embedding[:side, None, :].expand(side, side, -1)  # (h, w, W)
         columns = self.column_embedding[None, :side, :].expand(side, side, -1)  # (h, w, W)
-        return (rows + columns).reshape(num_tokens, -1)
+        grid = (rows + columns).reshape(side * side, -1)  # (h*w, W)
+        return torch.cat([self.summary_embedding[:summary], grid])  # (N, W)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()

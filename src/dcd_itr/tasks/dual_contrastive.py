@@ -22,6 +22,7 @@ from dcd_itr.tasks.common import (
     seed_initial_weights,
     validate_dual,
 )
+from dcd_itr.tasks.twin_negatives import CpuClock, split_twin_rows, twin_pair_batches
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
 
@@ -31,6 +32,8 @@ class DualTrainingConfig:
     features: str = "cache/features"  # feature cache folder (dcd features)
     out: str = "results/dual"  # run folder: checkpoints, metrics, best model
     batch_size: int = 128  # in-batch negatives: 127 per pair; ~10 steps per epoch on 1.3K images
+    # scenes datasets: each batch holds every image's swapped twin with the aligned caption (tasks/twin_negatives)
+    twin_negatives: bool = False
     model: DualConfig = field(default_factory=DualConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=20, lr=2e-3, weight_decay=0.05, checkpoint_every=1000)
@@ -55,9 +58,23 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
         )
         return loss(model.similarity(images, texts))  # (B, B) logits
 
+    if config.twin_negatives:
+        twins = split_twin_rows(config.data, train.split)
+
+        def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return twin_pair_batches(train.split, twins, config.batch_size, config.train.seed, epoch)
+    else:
+
+        def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return image_caption_batches(train.split, config.batch_size, config.train.seed, epoch)
+
+    clock = CpuClock()
+
+    def validate() -> dict[str, float]:
+        clock.pause()  # the training budget counts training steps only
+        metrics = {**validate_dual(model, val), "train_cpu_minutes": clock.minutes}
+        clock.resume()
+        return metrics
+
     trainer = Trainer(model, [{"params": list(model.parameters())}], config.train, out, progress)
-    return trainer.fit(
-        lambda epoch: image_caption_batches(train.split, config.batch_size, config.train.seed, epoch),
-        step,
-        lambda: validate_dual(model, val),
-    )
+    return trainer.fit(batches, step, validate)

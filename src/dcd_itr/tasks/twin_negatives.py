@@ -1,0 +1,115 @@
+"""Swapped twins as negatives in every training batch, and the training clock in CPU time.
+
+On the scenes benchmark every scene has a *swapped twin* (same objects, two of them exchanged) in its split, and
+caption k of an image and caption k of its twin use the same template with the two objects swapped
+(docs: the scenes data contract). A bag-of-words dual ties on every twin; the only training signal that tells
+"a cat left of a pizza" from "a pizza left of a cat" is a list that holds both. :func:`twin_pair_batches` puts
+each image and its twin in the same batch with their aligned captions, so under in-batch InfoNCE the twin's
+caption is a negative of every image and the twin image a negative of every caption.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.loading import resolve_dataset_file
+from dcd_itr.errors import DataError
+from dcd_itr.tasks.common import epoch_generator
+
+
+def split_twin_rows(data: str | Path, split: RetrievalSplit) -> list[int | None]:
+    """For each image row of ``split``, the row of its swapped twin in the same split, or None: read from the
+    ``"twin"`` imgid of each image record of the dataset's Karpathy JSON. A twin named but absent from the split,
+    or twins that do not name each other, are a DataError."""
+    path = resolve_dataset_file(data)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["images"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(path, f"cannot read the image records for twins ({error})") from None
+    rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
+    named = {
+        str(record.get("imgid")): record.get("twin")
+        for record in records
+        if isinstance(record, dict) and str(record.get("imgid")) in rows
+    }
+    twins: list[int | None] = []
+    for image_id in split.image_ids:
+        twin = named.get(image_id)
+        if twin is None:
+            twins.append(None)
+            continue
+        if str(twin) not in rows:
+            raise DataError(path, f"image {image_id}: twin {twin!r} is not in the {split.name} split")
+        twins.append(rows[str(twin)])
+    for row, twin in enumerate(twins):
+        if twin is not None and (twin == row or twins[twin] != row):
+            raise DataError(path, f"image {split.image_ids[row]}: its twin does not name it back")
+    return twins
+
+
+def twin_pair_batches(
+    split: RetrievalSplit, twins: list[int | None], batch_size: int, seed: int, epoch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (image rows (B,), caption rows (B,)) batches: each image once, next to its twin, each with
+    its caption of the same index k (drawn per pair), so the swapped caption and the twin image are in-batch
+    negatives. Images without a twin fill batches alone. Deterministic in (seed, epoch)."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 to hold a twin pair, got {batch_size}")
+    units: list[tuple[int, ...]] = [
+        (row,) if twin is None else (row, twin)
+        for row, twin in enumerate(twins)
+        if twin is None or row < twin
+    ]
+    generator = epoch_generator(seed, epoch)
+    order = torch.randperm(len(units), generator=generator).tolist()
+    draws = torch.rand(len(units), generator=generator).tolist()
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    images: list[int] = []
+    captions: list[int] = []
+
+    def flush() -> None:
+        if len(images) >= 2:
+            batches.append((torch.tensor(images), torch.tensor(captions)))
+        images.clear()
+        captions.clear()
+
+    for index in order:
+        unit = units[index]
+        choices = min(len(split.image_to_captions[row]) for row in unit)
+        k = min(int(draws[index] * choices), choices - 1)
+        if len(images) + len(unit) > batch_size:
+            flush()
+        images.extend(unit)
+        captions.extend(split.image_to_captions[row][k] for row in unit)
+    flush()
+    return batches
+
+
+class CpuClock:
+    """Process CPU seconds spent training: ``pause()`` / ``resume()`` around validation, ``minutes`` to read.
+
+    CPU time (all threads of this process) rather than wall time, so a budget means the same on a loaded
+    machine; with one torch thread it is the single core's busy time.
+    """
+
+    def __init__(self) -> None:
+        self.spent, self.started = 0.0, time.process_time()
+
+    def pause(self) -> None:
+        if self.started is not None:
+            self.spent += time.process_time() - self.started
+            self.started = None
+
+    def resume(self) -> None:
+        if self.started is None:
+            self.started = time.process_time()
+
+    @property
+    def minutes(self) -> float:
+        running = time.process_time() - self.started if self.started is not None else 0.0
+        return (self.spent + running) / 60.0
