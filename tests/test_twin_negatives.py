@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
-from conftest import karpathy_record, make_image, write_shapes_fixture
+from conftest import karpathy_record, make_image, tiny_fusion_settings, write_shapes_fixture
 from dcd_itr.cli import main
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import DataError
-from dcd_itr.tasks.twin_negatives import CpuClock, split_twin_rows, twin_pair_batches
+from dcd_itr.tasks.twin_negatives import CpuClock, split_twin_rows, twin_pair_batches, twin_pool_negatives
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -106,35 +107,99 @@ def test_cpu_clock_stops_while_paused() -> None:
     assert clock.minutes > paused
 
 
-def test_position_aware_dual_with_twin_negatives_trains_and_reloads(
-    tmp_path: Path, tiny_vit_path, tiny_bert_path
-) -> None:
-    data = add_twins(write_shapes_fixture(tmp_path))
+def test_twin_pool_negatives_are_the_swapped_caption_and_the_twin_image(tmp_path: Path) -> None:
+    data = scenes_like(tmp_path)
+    split = load_split(data, "train")
+    twins = split_twin_rows(data, split)
+    # captions: 0-1 (image 0), 2-3 (1), 4-6 (2), 7-9 (3), 10-11 (4), 12-13 (5), 14-15 (6)
+    i2t = twin_pool_negatives(split, twins, "image_to_text")[:, 0].tolist()
+    assert i2t == [2, 3, 0, 1, 7, 8, 9, 4, 5, 6, 12, 13, 10, 11, -1, -1]
+    t2i = twin_pool_negatives(split, twins, "text_to_image")[:, 0].tolist()
+    assert t2i == [1, 1, 0, 0, 3, 3, 3, 2, 2, 2, 5, 5, 4, 4, -1, -1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_vit_path, tiny_bert_path) -> dict:
+    """The shapes fixture with twins, its tiny-tower features, and a position-aware dual config."""
+    root = tmp_path_factory.mktemp("twins")
+    data = add_twins(write_shapes_fixture(root))
     image_view, text_view = f"hf:{tiny_vit_path}@32", f"hf:{tiny_bert_path}@16"
-    args = ["features", "--data", str(data), "--out", str(tmp_path / "cache")]
+    args = ["features", "--data", str(data), "--out", str(root / "cache")]
     assert main([*args, "--image-encoder", image_view, "--text-encoder", text_view, "--quiet"]) == 0
+    model = {
+        "image_view": image_view,
+        "text_view": text_view,
+        "text_dim": 32,
+        "embed_dim": 8,
+        "attention": {"image_token_dim": 32, "width": 16, "heads": 2, "queries": 2},
+    }
+    return {"root": root, "data": data, "cache": root / "cache", "model": model}
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_position_aware_dual_with_twin_negatives_trains_and_reloads(workspace: dict) -> None:
+    root, data = workspace["root"], workspace["data"]
     config = {
         "data": str(data),
-        "features": str(tmp_path / "cache"),
-        "out": str(tmp_path / "pos"),
+        "features": str(workspace["cache"]),
+        "out": str(root / "pos"),
         "batch_size": 6,
         "twin_negatives": True,
-        "model": {
-            "image_view": image_view,
-            "text_view": text_view,
-            "text_dim": 32,
-            "embed_dim": 8,
-            "attention": {"image_token_dim": 32, "width": 16, "heads": 2, "queries": 2},
-        },
+        "model": workspace["model"],
         "train": {"epochs": 2, "lr": 0.01},
     }
-    path = tmp_path / "pos.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["train-dual", "--config", str(path), "--quiet"]) == 0
-    records = [json.loads(line) for line in (tmp_path / "pos" / "metrics.jsonl").read_text().splitlines()]
+    assert main(["train-dual", "--config", str(write_config(root / "pos.yaml", config)), "--quiet"]) == 0
+    records = [json.loads(line) for line in (root / "pos" / "metrics.jsonl").read_text().splitlines()]
     minutes = [r["validation"]["train_cpu_minutes"] for r in records if "validation" in r]
     assert len(minutes) == 2 and 0 < minutes[0] < minutes[1]
-    out = tmp_path / "eval.json"
-    common = ["--data", str(data), "--features", str(tmp_path / "cache"), "--quiet"]
-    assert main(["eval", "--model", str(tmp_path / "pos" / "best"), *common, "--out", str(out)]) == 0
-    assert 0 <= json.loads(out.read_text())[str(tmp_path / "pos" / "best")]["rsum"] <= 600
+    out = root / "eval.json"
+    common = ["--data", str(data), "--features", str(workspace["cache"]), "--quiet"]
+    assert main(["eval", "--model", str(root / "pos" / "best"), *common, "--out", str(out)]) == 0
+    assert 0 <= json.loads(out.read_text())[str(root / "pos" / "best")]["rsum"] <= 600
+
+
+def test_dcd_into_the_position_aware_dual_with_twins_in_every_pool(workspace: dict) -> None:
+    root, data, cache = workspace["root"], workspace["data"], workspace["cache"]
+    common = {"data": str(data), "features": str(cache)}
+    image_view, text_view = workspace["model"]["image_view"], workspace["model"]["text_view"]
+    bag = {"image_view": image_view, "text_view": text_view, "image_dim": 32, "text_dim": 32, "embed_dim": 8}
+    teacher = {
+        **common,
+        "out": str(root / "teacher"),
+        "paths": [bag],
+        "path_training": {"batch_size": 8, "train": {"epochs": 1, "lr": 0.01}},
+        "fusion": tiny_fusion_settings(image_view, text_view),
+        "negatives": 3,
+        "anchors_per_batch": 4,
+        "train": {"epochs": 1, "lr": 0.001},
+    }
+    assert main(["train-teacher", "--config", str(write_config(root / "t.yaml", teacher)), "--quiet"]) == 0
+    student = {
+        **common,
+        "out": str(root / "dcd_pos"),
+        "teacher": str(root / "teacher" / "best"),
+        "teacher_cache": str(root / "teacher_cache"),
+        "student": "dual",
+        "dual": workspace["model"],
+        "twin_negatives": True,
+        "pool_size": 6,
+        "num_candidates": 3,
+        "anchors_per_batch": 8,
+        "train": {"epochs": 1, "lr": 0.01},
+    }
+    assert main(["distill", "--config", str(write_config(root / "s.yaml", student)), "--quiet"]) == 0
+    split = load_split(data, "train")
+    twins = split_twin_rows(data, split)
+    (folder,) = [p for p in (root / "teacher_cache").iterdir() if p.is_dir()]
+    assert json.loads((folder / "manifest.json").read_text())["extra"] == {"twin_negatives": True}
+    for direction in ("image_to_text", "text_to_image"):
+        pools = load_file(str(folder / f"round-0000-{direction}.safetensors"))["candidates"]  # (A, P)
+        expected = twin_pool_negatives(split, twins, direction)[:, 0]
+        assert torch.equal(pools[:, 1], expected)  # every anchor's twin is in its pool
+    validation = json.loads((root / "dcd_pos" / "best" / "metrics.json").read_text())
+    assert validation["train_cpu_minutes"] > 0
+    assert yaml.safe_load((root / "dcd_pos" / "best" / "model.yaml").read_text())["config"]["attention"]

@@ -113,3 +113,19 @@ class CpuClock:
     def minutes(self) -> float:
         running = time.process_time() - self.started if self.started is not None else 0.0
         return (self.spent + running) / 60.0
+
+
+def twin_pool_negatives(split: RetrievalSplit, twins: list[int | None], direction: str) -> torch.Tensor:
+    """(A, 1) rows for DCD's candidate pools (one anchor per caption, see distill/pools.py): the anchor's swapped
+    twin on the candidate side, -1 where it has none. ``image_to_text``: the twin's caption with the anchor
+    caption's index k (the same template, objects swapped); ``text_to_image``: the twin image."""
+    rows = []
+    for caption, image in enumerate(split.caption_to_image.tolist()):
+        twin = twins[image]
+        if direction == "text_to_image":
+            rows.append(-1 if twin is None else twin)
+            continue
+        k = split.image_to_captions[image].index(caption)
+        twin_captions = split.image_to_captions[twin] if twin is not None else []
+        rows.append(twin_captions[k] if k < len(twin_captions) else -1)
+    return torch.tensor(rows, dtype=torch.int64)[:, None]
