@@ -1,4 +1,4 @@
-"""`dcd data ...`: build the emoji benchmark and describe any dataset."""
+"""`dcd data ...`: build the emoji and scenes benchmarks and describe any dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcd_itr.commands.data_scenes import add_scenes_parser
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.emoji import DEFAULT_SEED, build_emoji_dataset
 from dcd_itr.data.loading import load_dataset
@@ -66,8 +67,10 @@ def data_stats(
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="build the emoji benchmark; read and check datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="{emoji,stats}")
+    data = subparsers.add_parser(
+        "data", help="build the emoji and scenes benchmarks; read and check datasets"
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="{emoji,scenes,stats}")
 
     emoji = data_commands.add_parser(
         "emoji",
@@ -90,6 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     emoji.set_defaults(
         handler=lambda a: data_emoji(a.out, a.preview, a.seed, a.font, a.cldr_dir, progress=not a.quiet)
     )
+
+    add_scenes_parser(data_commands, dataset_statistics)
 
     stats = data_commands.add_parser(
         "stats",

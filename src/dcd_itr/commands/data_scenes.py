@@ -1,0 +1,132 @@
+"""`dcd data scenes`: build the emoji-scenes relation benchmark (wired into `dcd data` by commands/data.py)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dcd_itr.data import scenes
+from dcd_itr.data.loading import load_dataset
+from dcd_itr.data.preview import contact_sheet
+from dcd_itr.data.scenes import build_scenes_dataset, load_scene_annotations
+
+PREVIEW_PAIRS = 18  # twin pairs on the contact sheet: 36 tiles, 6 rows of 3 pairs
+
+
+def twin_contact_sheet(
+    dataset_path: Path, path: Path, split: str = "test", pairs: int = PREVIEW_PAIRS
+) -> Path:
+    """A contact sheet of the first ``pairs`` twin pairs of ``split``, each scene beside its twin, caption 0."""
+    splits, _ = load_dataset(dataset_path)
+    data = splits[split]
+    annotations = load_scene_annotations(dataset_path, split)
+    rows: list[int] = []
+    for row, annotation in enumerate(annotations):
+        if len(rows) >= 2 * pairs:
+            break
+        if row not in rows and annotation.twin_index >= 0:
+            rows += [row, annotation.twin_index]
+    labels = [data.captions[data.image_to_captions[row][0]] for row in rows]
+    title = f"{split}: {data.num_images} images; each scene beside its swapped twin (first caption shown)"
+    return contact_sheet([data.image_paths[row] for row in rows], labels, path, columns=6, title=title)
+
+
+def data_scenes(args: argparse.Namespace, statistics: Callable) -> Path:
+    started = time.perf_counter()
+    dataset_path = build_scenes_dataset(
+        args.out,
+        seed=args.seed,
+        vocab=args.vocab,
+        train_scenes=args.train_scenes,
+        val_pairs=args.val_pairs,
+        test_pairs=args.test_pairs,
+        objects=args.objects,
+        canvas=args.canvas,
+        emoji_data=args.emoji_data,
+        font_path=args.font,
+        cldr_dir=args.cldr_dir,
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - started
+    splits, _ = load_dataset(dataset_path)
+    print(f"scenes benchmark written to {dataset_path} in {seconds:.1f} s")
+    print(statistics(splits))
+    if args.preview is not None:
+        print(f"contact sheet: {twin_contact_sheet(dataset_path, args.preview)}")
+    return dataset_path
+
+
+def add_scenes_parser(data_commands: argparse._SubParsersAction, statistics: Callable) -> None:
+    parser = data_commands.add_parser(
+        "scenes",
+        help="build the emoji-scenes relation benchmark (swapped twins, relation captions)",
+        description="Compose Noto emoji renders into scenes: a 2x2 grid of emoji jittered in size and position, "
+        "one relation between two neighbours captioned in both converse forms ('a cat face to the left of a pizza' "
+        "/ 'a pizza to the right of a cat face'; 'X above Y' / 'Y below X'). Every scene is stored with its swapped "
+        "twin (the two related emoji exchanged, all else equal) in the same split. No emoji pair that appears "
+        "together in a val or test scene appears together in train, and no caption is shared by two images. "
+        "Writes images/*.png and dataset_scenes.json (Karpathy format plus objects, boxes, relation and twin); "
+        "the build goes to a temporary folder renamed into place. Deterministic from --seed.",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (images/ and dataset_scenes.json)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=scenes.DEFAULT_SEED,
+        help="seed of vocabulary, scenes and splits (default %(default)s)",
+    )
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=scenes.DEFAULT_VOCAB,
+        help="emoji drawn from the ~1,265 eligible ones (single code point, plain unique name) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--train-scenes",
+        type=int,
+        default=scenes.DEFAULT_TRAIN_SCENES,
+        help="train twin pairs; each is 2 images, a scene and its swapped twin (default %(default)s)",
+    )
+    parser.add_argument(
+        "--val-pairs",
+        type=int,
+        default=scenes.DEFAULT_VAL_PAIRS,
+        help="val twin pairs, 2 images each (default %(default)s)",
+    )
+    parser.add_argument(
+        "--test-pairs",
+        type=int,
+        default=scenes.DEFAULT_TEST_PAIRS,
+        help="test twin pairs, 2 images each; drawn first, so they do not change with --train-scenes "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--objects",
+        type=int,
+        default=scenes.DEFAULT_OBJECTS,
+        help="emoji per scene, 2 to 4 (cells of the 2x2 grid); the relation names two of them (default %(default)s)",
+    )
+    parser.add_argument(
+        "--canvas",
+        type=int,
+        default=scenes.DEFAULT_CANVAS,
+        help=f"image side in px, {scenes.CANVAS_RANGE[0]} to {scenes.CANVAS_RANGE[1]} (default %(default)s)",
+    )
+    parser.add_argument(
+        "--emoji-data",
+        type=Path,
+        help="read the renders and names from a `dcd data emoji` folder instead of the font and CLDR files",
+    )
+    parser.add_argument(
+        "--font", type=Path, help="NotoColorEmoji.ttf (default: where the Debian package puts it)"
+    )
+    parser.add_argument("--cldr-dir", type=Path, help="CLDR 'common' folder (default: the Debian package's)")
+    parser.add_argument(
+        "--preview", type=Path, help="also write a PNG contact sheet of test scenes, each beside its twin"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=lambda a: data_scenes(a, statistics))
