@@ -53,11 +53,11 @@ def test_split_twin_rows_reads_the_twin_fields(tmp_path: Path) -> None:
     payload = json.loads(data.read_text())
     payload["images"][6]["twin"] = 0  # 0's twin is 1: 6 -> 0 is not mutual
     data.write_text(json.dumps(payload))
-    with pytest.raises(DataError, match="does not name it back"):
+    with pytest.raises(DataError, match="twins must name each other"):
         split_twin_rows(data, split)
     payload["images"][6]["twin"] = 99
     data.write_text(json.dumps(payload))
-    with pytest.raises(DataError, match="not in the train split"):
+    with pytest.raises(DataError, match="not another image of the same split"):
         split_twin_rows(data, split)
 
 

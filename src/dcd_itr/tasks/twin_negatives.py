@@ -10,7 +10,6 @@ caption is a negative of every image and the twin image a negative of every capt
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,38 +17,23 @@ import torch
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.loading import resolve_dataset_file
+from dcd_itr.data.scenes import split_twin_index
 from dcd_itr.errors import DataError
 from dcd_itr.tasks.common import epoch_generator
 
 
 def split_twin_rows(data: str | Path, split: RetrievalSplit) -> list[int | None]:
-    """For each image row of ``split``, the row of its swapped twin in the same split, or None: read from the
-    ``"twin"`` imgid of each image record of the dataset's Karpathy JSON. A twin named but absent from the split,
-    or twins that do not name each other, are a DataError."""
-    path = resolve_dataset_file(data)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))["images"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(path, f"cannot read the image records for twins ({error})") from None
-    rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
-    named = {
-        str(record.get("imgid")): record.get("twin")
-        for record in records
-        if isinstance(record, dict) and str(record.get("imgid")) in rows
-    }
-    twins: list[int | None] = []
-    for image_id in split.image_ids:
-        twin = named.get(image_id)
-        if twin is None:
-            twins.append(None)
-            continue
-        if str(twin) not in rows:
-            raise DataError(path, f"image {image_id}: twin {twin!r} is not in the {split.name} split")
-        twins.append(rows[str(twin)])
-    for row, twin in enumerate(twins):
-        if twin is not None and (twin == row or twins[twin] != row):
-            raise DataError(path, f"image {split.image_ids[row]}: its twin does not name it back")
-    return twins
+    """For each image row of ``split``, the row of its swapped twin in the same split, or None (from the scenes
+    annotations, :func:`~dcd_itr.data.scenes.split_twin_index`; all None for a dataset without twins)."""
+    index = split_twin_index(data, split.name)
+    if index is None:
+        return [None] * split.num_images
+    if len(index) != split.num_images:
+        raise DataError(
+            resolve_dataset_file(data),
+            f"{len(index)} twin entries for {split.num_images} {split.name} images",
+        )
+    return [None if row < 0 else row for row in index.tolist()]
 
 
 def twin_pair_batches(
