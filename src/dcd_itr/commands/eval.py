@@ -13,14 +13,16 @@ from typing import Any
 import torch
 
 from dcd_itr.config import apply_override
+from dcd_itr.data.scene_annotations import split_twin_index
 from dcd_itr.distill.teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.metrics import format_metrics_table, rank_dual, recall_at_k_from_scores
-from dcd_itr.models.interfaces import is_cross_encoder
+from dcd_itr.models.interfaces import is_cross_encoder, slice_features
 from dcd_itr.models.registry import load_model
 from dcd_itr.tasks.common import SplitFeatures, load_split_features
+from dcd_itr.twins import cascade_score_matrices, dataset_twin_scores, format_twin_table
 
 
 def _weights_hash(folder: Path) -> str:
@@ -46,7 +48,10 @@ def evaluate_model(
         if not is_cross_encoder(model):
             images = encode_all(model.encode_images, cached.images, batch_size=1024)["embedding"]
             texts = encode_all(model.encode_texts, cached.texts, batch_size=1024)["embedding"]
-            return {"kind": "dual", **rank_dual(images, texts, cached.split.caption_to_image)}
+            metrics = rank_dual(images, texts, cached.split.caption_to_image)
+            if split_twin_index(data, split) is not None:  # the scenes benchmark: its (N, M) matrix is small
+                metrics |= dataset_twin_scores(data, cached.split, images @ texts.T)
+            return {"kind": "dual", **metrics}
         images = encode_all(model.encode_images, cached.images, batch_size=256)
         texts = encode_all(model.encode_texts, cached.texts, batch_size=256)
     checkpoint = scores_dir / f"{folder.parent.name}_{folder.name}_{split}" if scores_dir else None
@@ -60,6 +65,7 @@ def evaluate_model(
         progress=progress,
     )
     metrics = recall_at_k_from_scores(result.scores, cached.split.caption_to_image)
+    metrics |= dataset_twin_scores(data, cached.split, result.scores)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 
@@ -95,6 +101,7 @@ def evaluate_cross_encoder(
         progress=progress,
     )
     metrics = recall_at_k_from_scores(result.scores, split_data.caption_to_image)
+    metrics |= dataset_twin_scores(data, split_data, result.scores)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 
@@ -131,6 +138,16 @@ def evaluate_cascade(
         k,
         progress=progress,
     )
+    if split_twin_index(data, split) is not None:  # twin scores from the cascade's final order
+        with torch.inference_mode():
+            by_image, by_caption = cascade_score_matrices(
+                images @ texts.T,
+                lambda i, t: cross.score_pairs(
+                    slice_features(cross_images, i), slice_features(cross_texts, t)
+                ),
+                k,
+            )
+        metrics |= dataset_twin_scores(data, dual_features.split, by_image, by_caption)
     return {"kind": "cascade", **metrics}
 
 
@@ -174,6 +191,8 @@ def run_eval(
         for k in cascade_k or [16]:
             rows[f"cascade k={k}"] = evaluate_cascade(dual_dir, cross_dir, data, features, split, k, progress)
     print(format_metrics_table(rows))
+    if twin_table := format_twin_table(rows):
+        print(twin_table)
     if out:
         write_json_atomic(out, rows)
         print(f"metrics written to {out}")
