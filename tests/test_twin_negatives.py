@@ -156,6 +156,8 @@ def test_position_aware_dual_with_twin_negatives_trains_and_reloads(workspace: d
     records = [json.loads(line) for line in (root / "pos" / "metrics.jsonl").read_text().splitlines()]
     minutes = [r["validation"]["train_cpu_minutes"] for r in records if "validation" in r]
     assert len(minutes) == 2 and 0 < minutes[0] < minutes[1]
+    validation = [r["validation"] for r in records if "validation" in r]
+    assert all(v["twin_pairs"] == 2 and 0 <= v["twin_group"] <= 100 for v in validation)  # 4 val images
     out = root / "eval.json"
     common = ["--data", str(data), "--features", str(workspace["cache"]), "--quiet"]
     assert main(["eval", "--model", str(root / "pos" / "best"), *common, "--out", str(out)]) == 0
@@ -201,5 +203,5 @@ def test_dcd_into_the_position_aware_dual_with_twins_in_every_pool(workspace: di
         expected = twin_pool_negatives(split, twins, direction)[:, 0]
         assert torch.equal(pools[:, 1], expected)  # every anchor's twin is in its pool
     validation = json.loads((root / "dcd_pos" / "best" / "metrics.json").read_text())
-    assert validation["train_cpu_minutes"] > 0
+    assert validation["train_cpu_minutes"] > 0 and "twin_group" in validation
     assert yaml.safe_load((root / "dcd_pos" / "best" / "model.yaml").read_text())["config"]["attention"]

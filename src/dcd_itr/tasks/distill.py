@@ -50,9 +50,13 @@ from dcd_itr.tasks.common import (
     prepare_run_dir,
     seed_initial_weights,
     validate_cross,
-    validate_dual,
 )
-from dcd_itr.tasks.twin_negatives import CpuClock, split_twin_rows, twin_pool_negatives
+from dcd_itr.tasks.twin_negatives import (
+    CpuClock,
+    split_twin_rows,
+    twin_pool_negatives,
+    validate_dual_with_twins,
+)
 from dcd_itr.train import TrainConfig, Trainer, TrainResult, distributed_context
 
 
@@ -301,7 +305,12 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         total = terms["loss"] + config.infonce_weight * contrastive["loss"]
         return {**terms, "loss": total, "infonce": contrastive["loss"].detach()}
 
-    validate = validate_dual if config.student == "dual" else validate_cross
+    if config.student == "dual":
+
+        def validate(model, features):
+            return validate_dual_with_twins(model, features, config.data)
+    else:
+        validate = validate_cross
     clock = CpuClock()
 
     def validate_timed() -> dict[str, float]:

@@ -20,9 +20,13 @@ from dcd_itr.tasks.common import (
     load_split_features,
     prepare_run_dir,
     seed_initial_weights,
-    validate_dual,
 )
-from dcd_itr.tasks.twin_negatives import CpuClock, split_twin_rows, twin_pair_batches
+from dcd_itr.tasks.twin_negatives import (
+    CpuClock,
+    split_twin_rows,
+    twin_pair_batches,
+    validate_dual_with_twins,
+)
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
 
@@ -72,7 +76,7 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
 
     def validate() -> dict[str, float]:
         clock.pause()  # the training budget counts training steps only
-        metrics = {**validate_dual(model, val), "train_cpu_minutes": clock.minutes}
+        metrics = {**validate_dual_with_twins(model, val, config.data), "train_cpu_minutes": clock.minutes}
         clock.resume()
         return metrics
 

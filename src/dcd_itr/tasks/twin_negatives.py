@@ -14,12 +14,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.loading import resolve_dataset_file
 from dcd_itr.data.scenes import split_twin_index
 from dcd_itr.errors import DataError
-from dcd_itr.tasks.common import epoch_generator
+from dcd_itr.evaluate import encode_all
+from dcd_itr.metrics import rank_dual
+from dcd_itr.tasks.common import SplitFeatures, epoch_generator
+from dcd_itr.twins import dataset_twin_scores
 
 
 def split_twin_rows(data: str | Path, split: RetrievalSplit) -> list[int | None]:
@@ -113,3 +117,12 @@ def twin_pool_negatives(split: RetrievalSplit, twins: list[int | None], directio
         twin_captions = split.image_to_captions[twin] if twin is not None else []
         rows.append(twin_captions[k] if k < len(twin_captions) else -1)
     return torch.tensor(rows, dtype=torch.int64)[:, None]
+
+
+@torch.inference_mode()
+def validate_dual_with_twins(model: nn.Module, features: SplitFeatures, data: str | Path) -> dict[str, float]:
+    """Recall@K / RSUM of a dual on a cached split, plus twin text / image / group when the dataset has twins."""
+    images = encode_all(model.encode_images, features.images, batch_size=1024)["embedding"]  # (N, D)
+    texts = encode_all(model.encode_texts, features.texts, batch_size=1024)["embedding"]  # (M, D)
+    metrics = rank_dual(images, texts, features.split.caption_to_image)
+    return {**metrics, **dataset_twin_scores(data, features.split, images @ texts.T)}
