@@ -138,3 +138,17 @@ def test_bad_grid_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="not a square grid"):
         model.encode_images(image_batch(torch.randn(1, 14, TOKEN_DIM)))
     assert model.encode_images(image_batch(torch.randn(1, 17, TOKEN_DIM)))["embedding"].shape == (1, 8)  # CLS
+
+
+def test_scenes_configs_load_and_the_dcd_student_is_the_strongest_dual() -> None:
+    from dcd_itr.config import load_config
+    from dcd_itr.tasks.distill import DistillConfig
+    from dcd_itr.tasks.dual_contrastive import DualTrainingConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    bag = load_config(root / "scenes_dual_bag.yaml", DualTrainingConfig)
+    strongest = load_config(root / "scenes_dual_pos.yaml", DualTrainingConfig)
+    student = load_config(root / "scenes_dcd_dual.yaml", DistillConfig)
+    assert bag.model.attention is None and not bag.twin_negatives
+    assert strongest.twin_negatives and student.twin_negatives
+    assert student.dual == strongest.model  # same architecture, same cheap view
