@@ -68,10 +68,15 @@ class DualEncoderModel(nn.Module):
         else:
             attention = config.attention
             self.image_head = AttentionPoolEncoder(
-                attention.image_token_dim, config.embed_dim, attention, "grid", config.dropout
+                attention.image_token_dim,
+                config.embed_dim,
+                attention,
+                "grid",
+                config.dropout,
+                config.image_dim,
             )
             self.text_head = AttentionPoolEncoder(
-                config.text_dim, config.embed_dim, attention, "sequence", config.dropout
+                config.text_dim, config.embed_dim, attention, "sequence", config.dropout, config.text_dim
             )
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
 
@@ -86,14 +91,16 @@ class DualEncoderModel(nn.Module):
     @property
     def feature_names(self) -> tuple[str, ...]:
         """The cached outputs this model reads from each view (``"<view>.<name>"`` keys)."""
-        return ("pooled",) if self.config.attention is None else ("tokens", "mask")
+        if self.config.attention is None:
+            return ("pooled",)
+        return ("tokens", "mask", "pooled") if self.config.attention.pooled_path else ("tokens", "mask")
 
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def _head_inputs(self, features: FeatureBatch, view: str) -> list[torch.Tensor]:
-        """[pooled (B, C)] for the bag heads; [tokens (B, N, C), mask (B, N)] for the attention poolers."""
+        """[pooled (B, C)] for the bag heads; [tokens (B, N, C), mask (B, N)(, pooled)] for the attention poolers."""
         return [features[f"{view}.{name}"] for name in self.feature_names]
 
     def encode_images(self, images: FeatureBatch) -> FeatureBatch:

@@ -8,6 +8,7 @@ only by what the frozen tower happened to leak. :class:`AttentionPoolEncoder` re
     x      = TransformerEncoderLayer^L(x, padding mask)          (B, N, W)   content and position mix
     slot_q = MultiheadAttention(query_q, x, x)                   (B, Q, W)   Q learned queries
     out    = Linear(LayerNorm(concat_q slot_q))                  (B, D)
+           [+ MLP(pooled)                                        (B, D)   with ``pooled_path``: the bag's input]
 
 The Q slots are concatenated, not averaged, so each query can specialise (e.g. one per quadrant of a 2x2 scene,
 or subject / object of a relation) and the dot product of two such vectors compares slot with slot. The model is
@@ -34,6 +35,10 @@ class AttentionPoolConfig:
     queries: int = 4  # learned pooling queries, concatenated: one per cell of a 2x2 scene can be learned
     max_grid_side: int = 16  # largest image grid (side) with a position: Lite0 at 512 px
     max_text_tokens: int = 64  # longest caption (tokens) with a position: above the 40-token MiniLM view
+    # add an MLP over the tower's pooled vector (what the bag dual reads): recognition from the first steps,
+    # while the slots learn where things are
+    pooled_path: bool = False
+    pooled_hidden: int = 512  # the pooled path's MLP width
 
 
 class AttentionPoolEncoder(nn.Module):
@@ -47,7 +52,13 @@ class AttentionPoolEncoder(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, embed_dim: int, config: AttentionPoolConfig, positions: str, dropout: float
+        self,
+        in_dim: int,
+        embed_dim: int,
+        config: AttentionPoolConfig,
+        positions: str,
+        dropout: float,
+        pooled_dim: int | None = None,  # width of the pooled vector read by ``config.pooled_path``
     ) -> None:
         super().__init__()
         if positions not in ("grid", "sequence"):
@@ -72,6 +83,17 @@ class AttentionPoolEncoder(nn.Module):
         self.token_norm = nn.LayerNorm(width)
         self.queries = nn.Parameter(torch.randn(config.queries, width) * 0.02)
         self.pool = nn.MultiheadAttention(width, config.heads, dropout=dropout, batch_first=True)
+        self.pooled_head = None
+        if config.pooled_path:
+            if pooled_dim is None:
+                raise ConfigError("attention.pooled_path needs the pooled vector's width")
+            self.pooled_head = nn.Sequential(
+                nn.LayerNorm(pooled_dim),
+                nn.Linear(pooled_dim, config.pooled_hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(config.pooled_hidden, embed_dim),
+            )
         self.output = nn.Sequential(
             nn.LayerNorm(config.queries * width), nn.Linear(config.queries * width, embed_dim)
         )
@@ -96,7 +118,10 @@ class AttentionPoolEncoder(nn.Module):
         grid = (rows + columns).reshape(side * side, -1)  # (h*w, W)
         return torch.cat([self.summary_embedding[:summary], grid])  # (N, W)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """tokens (B, N, C), mask (B, N), pooled (B, P) when ``pooled_path`` -> (B, embed_dim)."""
         mask = mask.bool()
         if self.positions == "sequence":  # right padding past the longest row carries nothing
             length = int(mask.sum(dim=1).max().clamp(min=1))
@@ -108,4 +133,5 @@ class AttentionPoolEncoder(nn.Module):
         x = self.token_norm(x)
         queries = self.queries.expand(x.shape[0], -1, -1)  # (B, Q, W)
         slots, _ = self.pool(queries, x, x, key_padding_mask=padding, need_weights=False)  # (B, Q, W)
-        return self.output(slots.flatten(1))  # (B, embed_dim)
+        out = self.output(slots.flatten(1))  # (B, embed_dim)
+        return out if self.pooled_head is None else out + self.pooled_head(pooled)
