@@ -20,12 +20,20 @@ IMAGE, TEXT = "efficientnet-lite0@128", "minilm-l6@40"
 TOKEN_DIM, TEXT_DIM, POOLED_DIM = 8, 12, 10
 
 
-def tiny_config(attention: bool) -> DualConfig:
-    pool = AttentionPoolConfig(image_token_dim=TOKEN_DIM, width=16, layers=1, heads=2, queries=2)
+def tiny_config(attention: bool, pooled_path: bool = False) -> DualConfig:
+    pool = AttentionPoolConfig(
+        image_token_dim=TOKEN_DIM,
+        width=16,
+        layers=1,
+        heads=2,
+        queries=2,
+        pooled_path=pooled_path,
+        pooled_hidden=8,
+    )
     return DualConfig(
         image_view=IMAGE,
         text_view=TEXT,
-        image_dim=POOLED_DIM if not attention else TOKEN_DIM,
+        image_dim=POOLED_DIM,
         text_dim=TEXT_DIM,
         embed_dim=8,
         hidden_dim=16,
@@ -34,9 +42,9 @@ def tiny_config(attention: bool) -> DualConfig:
     )
 
 
-def tiny_model(attention: bool, seed: int = 0) -> DualEncoderModel:
+def tiny_model(attention: bool, seed: int = 0, pooled_path: bool = False) -> DualEncoderModel:
     torch.manual_seed(seed)
-    return DualEncoderModel(tiny_config(attention)).eval()
+    return DualEncoderModel(tiny_config(attention, pooled_path)).eval()
 
 
 def image_batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -152,3 +160,18 @@ def test_scenes_configs_load_and_the_dcd_student_is_the_strongest_dual() -> None
     assert bag.model.attention is None and not bag.twin_negatives
     assert strongest.twin_negatives and student.twin_negatives
     assert student.dual == strongest.model  # same architecture, same cheap view
+
+
+@torch.no_grad()
+def test_pooled_path_adds_the_bag_vector_and_keeps_positions() -> None:
+    model = tiny_model(True, pooled_path=True)
+    assert model.feature_names == ("tokens", "mask", "pooled")
+    grid, swapped = swapped_grid()
+    first = model.encode_images(image_batch(grid))["embedding"]
+    assert (first - model.encode_images(image_batch(swapped))["embedding"]).abs().max() > 1e-3
+    other_pooled = {**image_batch(grid), f"{IMAGE}.pooled": torch.zeros(1, POOLED_DIM)}
+    assert (first - model.encode_images(other_pooled)["embedding"]).abs().max() > 1e-3
+    forward = torch.randn(1, 6, TEXT_DIM)
+    backward = forward[:, [0, 4, 2, 3, 1, 5]]  # "a left of b" -> "b left of a": the same masked mean
+    one = model.encode_texts(text_batch(forward, [6]))["embedding"]
+    assert (one - model.encode_texts(text_batch(backward, [6]))["embedding"]).abs().max() > 1e-3
