@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from dcd_itr.commands.eval import evaluate_model
 from dcd_itr.config import load_config
+from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual

@@ -233,7 +233,7 @@ def test_cli_builds_a_tiny_benchmark_with_preview(
     ]
     sizes = [
         "--vocab",
-        "14",
+        "11",
         "--train-scenes",
         "2",
         "--val-pairs",
@@ -241,12 +241,39 @@ def test_cli_builds_a_tiny_benchmark_with_preview(
         "--test-pairs",
         "2",
         "--objects",
-        "4",
+        "3",
     ]
     assert main(args + sizes) == 0
     printed = capsys.readouterr().out
     assert "scenes benchmark written to" in printed and re.search(r"^test +4 +8 ", printed, re.MULTILINE)
     assert Image.open(sheet).size[0] > 600
-    assert main(args + sizes) == 0  # a rebuild replaces the earlier build
+    assert main(args + sizes + ["--novel-pairs", "1"]) == 0  # a rebuild replaces the earlier build
+    assert "novel-emoji test split written to" in capsys.readouterr().out
+    assert (out / "novel" / "images" / "novel_00001.png").is_file()
     assert main(args + ["--vocab", "12", "--train-scenes", "-2"]) == 2
     assert "--train-scenes must be >= 1" in capsys.readouterr().err
+
+
+def test_novel_split_uses_only_unseen_emoji_and_leaves_the_main_build_alone(
+    cldr_dir: Path, tmp_path: Path
+) -> None:
+    sizes = {"vocab": 10, "train_scenes": 3, "val_pairs": 1, "test_pairs": 1, "objects": 3}
+    plain, novel = tmp_path / "plain", tmp_path / "novel"
+    build_scenes_dataset(plain, seed=2, cldr_dir=cldr_dir, progress=False, **sizes)
+    build_scenes_dataset(novel, seed=2, cldr_dir=cldr_dir, novel_pairs=2, progress=False, **sizes)
+    assert (novel / "dataset_scenes.json").read_bytes() == (plain / "dataset_scenes.json").read_bytes()
+    assert not (plain / "novel").exists()
+    split = load_dataset(novel / "novel")[0]["test"]
+    assert split.num_images == 4 and len(set(split.captions)) == 8
+    unseen = {o.name for scene in load_scene_annotations(novel / "novel", "test") for o in scene.objects}
+    seen = {o["name"] for record in records(novel) for o in record["objects"]}
+    assert unseen and not unseen & seen
+    assert split_twin_index(novel / "novel", "test").tolist() == [
+        a.twin_index for a in load_scene_annotations(novel / "novel", "test")
+    ]
+    with pytest.raises(DcdError, match="lower --vocab or --novel-pairs"):
+        build_scenes_dataset(
+            tmp_path / "x", seed=2, cldr_dir=cldr_dir, novel_pairs=3, progress=False, **sizes
+        )
+    with pytest.raises(DcdError, match="--novel-pairs must be >= 0"):
+        build_scenes_dataset(tmp_path / "x", cldr_dir=cldr_dir, novel_pairs=-1, progress=False, **sizes)

@@ -1,7 +1,10 @@
 """The emoji-scenes relation benchmark: several emoji on a 2x2 grid, captioned with one relation, with twins.
 
-``build_scenes_dataset(out_dir)`` writes ``out_dir/images/*.png`` and ``out_dir/dataset_scenes.json`` (Karpathy
-format plus per-image ``objects``, ``relation`` and ``twin``; the contract is docs in SCENES_CONTRACT / README).
+``build_scenes_dataset(out_dir)`` writes ``out_dir/images/*.png`` and ``out_dir/dataset_scenes.json``: Karpathy
+format (read by :func:`dcd_itr.data.loading.load_dataset` like any dataset) plus, per image,
+``"objects": [{"name", "codepoints", "box": [x0, y0, x1, y1]}]`` (grid-cell order, pixel boxes, exclusive ends),
+``"relation": {"subject": i, "object": j, "predicate": "left of" | "above"}`` (subject = the left / upper one) and
+``"twin": imgid``. :func:`load_scene_annotations` / :func:`split_twin_index` read them back in a split's order.
 
 - Vocabulary: see :mod:`dcd_itr.data.scene_vocab` (one code point, plain unique CLDR name, one detectable glyph);
   ``vocab`` of them drawn by the seed.
@@ -11,13 +14,13 @@ format plus per-image ``objects``, ``relation`` and ``twin``; the contract is do
   dataset, so no val/test pair ever co-occurs in train, and no caption text is shared by two images.
 - Deterministic from the seed: the test split is drawn first, then val, then train, each from its own random
   stream, so the test split does not change with ``train_scenes``.
+- Optionally (``novel_pairs``) a second test set in ``novel/``: scenes made only of eligible emoji left out of
+  the vocabulary, so none of them is ever seen in training. The main dataset is byte-identical with or without it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import shutil
 import tempfile
 from math import comb
@@ -28,23 +31,22 @@ from tqdm import tqdm
 
 from dcd_itr.data.emoji_source import DEBIAN_PACKAGES, debian_package_version, find_font
 from dcd_itr.data.scene_annotations import load_scene_annotations, split_twin_index
-from dcd_itr.data.scene_layout import SIZE_RANGE, SceneSpec, captions, compose, sample_spec
-from dcd_itr.data.scene_vocab import VocabularyEmoji, codepoints, load_candidates
+from dcd_itr.data.scene_files import DATASET_FILENAME, install, karpathy_payload, write_payload, write_split
+from dcd_itr.data.scene_layout import SIZE_RANGE, SceneSpec, sample_spec
+from dcd_itr.data.scene_vocab import codepoints, load_candidates
 from dcd_itr.errors import DcdError, OutputError
 
 __all__ = ["build_scenes_dataset", "load_scene_annotations", "split_twin_index"]
 
-DATASET_FILENAME = "dataset_scenes.json"
 DEFAULT_SEED = 0  # the published benchmark's seed
-DEFAULT_VOCAB = (
-    600  # half the ~1,265 eligible emoji: ample recognition, pairs left over for unseen compositions
-)
+DEFAULT_VOCAB = 600  # about half the eligible emoji: ample recognition; the rest can make --novel-pairs
 DEFAULT_TRAIN_SCENES = 3000  # 6,000 train images: features + training fit a 2-core CPU budget
 DEFAULT_VAL_PAIRS = 150  # 300 val images: a stable RSUM for model selection, cheap to score all pairs
 DEFAULT_TEST_PAIRS = 150  # 300 test images, 600 captions, 150 twin pairs: the probe's size
 DEFAULT_OBJECTS = 4  # a full 2x2 grid: a single vector must hold more than the caption asks (DESIGN.md)
 DEFAULT_CANVAS = 224  # the teacher's largest tower view; students downscale
 CANVAS_RANGE = (128, 512)  # below, objects sit too close for the detector's merge gap; above, no gain
+NOVEL_FOLDER, NOVEL_FILENAME = "novel", "dataset_scenes_novel.json"  # the optional unseen-emoji test split
 SPLIT_ORDER = ("test", "val", "train")  # drawing order (test first: it does not depend on the train size)
 MAX_TRIES_PER_SCENE = 200  # rejection sampling of fresh pairs; failing means the vocabulary is too small
 SEED_LIMIT = 2**63  # numpy seeds must be non-negative; keep them in a signed 64-bit range
@@ -74,135 +76,50 @@ def check_sizes(vocab: int, split_pairs: dict[str, int], objects: int, canvas: i
         )
 
 
+def draw_specs(
+    rng: np.random.Generator, vocabulary_size: int, count: int, objects: int, used: set, what: str
+) -> list[SceneSpec]:
+    """``count`` twin-pair specs whose emoji pairs are not in ``used`` (which they are added to)."""
+    specs: list[SceneSpec] = []
+    tries = 0
+    while len(specs) < count:
+        tries += 1
+        if tries > MAX_TRIES_PER_SCENE * count:
+            raise DcdError(
+                f"could draw only {len(specs)} of {count} {what} scenes with fresh emoji pairs from "
+                f"{vocabulary_size} emoji: raise --vocab (or lower it, for --novel-pairs) or lower the scene counts"
+            )
+        spec = sample_spec(rng, vocabulary_size, objects)
+        pairs = spec.pairs()
+        if any(pair in used for pair in pairs):
+            continue
+        used.update(pairs)
+        specs.append(spec)
+    return specs
+
+
 def draw_splits(
     vocabulary_size: int, split_pairs: dict[str, int], objects: int, seed: int
 ) -> dict[str, list[SceneSpec]]:
     """Twin-pair specs per split; every unordered emoji pair is used by at most one of them."""
     used: set[tuple[int, int]] = set()
-    drawn: dict[str, list[SceneSpec]] = {}
-    for stream, split in enumerate(SPLIT_ORDER):
-        rng = np.random.default_rng([seed, stream])
-        specs: list[SceneSpec] = []
-        tries = 0
-        while len(specs) < split_pairs[split]:
-            tries += 1
-            if tries > MAX_TRIES_PER_SCENE * split_pairs[split]:
-                raise DcdError(
-                    f"could draw only {len(specs)} of {split_pairs[split]} {split} scenes with fresh emoji pairs "
-                    f"from a vocabulary of {vocabulary_size}: raise --vocab or lower the scene counts"
-                )
-            spec = sample_spec(rng, vocabulary_size, objects)
-            pairs = spec.pairs()
-            if any(pair in used for pair in pairs):
-                continue
-            used.update(pairs)
-            specs.append(spec)
-        drawn[split] = specs
-    return drawn
-
-
-def _png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # no timestamp or text chunks: same pixels, same bytes
-    return buffer.getvalue()
-
-
-def _record(spec: SceneSpec, vocabulary: list[VocabularyEmoji], boxes: list, filename: str) -> dict:
-    names = [vocabulary[i].name for i in spec.emoji]
     return {
-        "filepath": "images",
-        "filename": filename,
-        "captions": captions(names[spec.subject], names[spec.object], spec.predicate),
-        "objects": [
-            {"name": vocabulary[i].name, "codepoints": codepoints(vocabulary[i].sequence), "box": list(box)}
-            for i, box in zip(spec.emoji, boxes, strict=True)
-        ],
-        "relation": {"subject": spec.subject, "object": spec.object, "predicate": spec.predicate},
+        split: draw_specs(
+            np.random.default_rng([seed, stream]), vocabulary_size, split_pairs[split], objects, used, split
+        )
+        for stream, split in enumerate(SPLIT_ORDER)
     }
 
 
-def _write_split(
-    folder: Path,
-    split: str,
-    specs: list[SceneSpec],
-    vocabulary: list[VocabularyEmoji],
-    canvas: int,
-    seed: int,
-    bar: tqdm,
-) -> list[dict]:
-    """Render a split's scenes and twins into ``folder/images``; their records in the split's (shuffled) order."""
-    members = [(pair, twin) for pair in range(len(specs)) for twin in (0, 1)]
-    order = np.random.default_rng([seed, 10 + SPLIT_ORDER.index(split)]).permutation(len(members))
-    position = {members[m]: p for p, m in enumerate(order.tolist())}
-    crops = [emoji.image for emoji in vocabulary]
-    records: list[dict] = [{} for _ in members]
-    for pair, spec in enumerate(specs):
-        for twin, scene in enumerate((spec, spec.swapped())):
-            row = position[(pair, twin)]
-            image, boxes = compose(scene, crops, canvas)
-            filename = f"{split}_{row:05d}.png"
-            (folder / "images" / filename).write_bytes(_png_bytes(image))
-            records[row] = _record(scene, vocabulary, boxes, filename) | {
-                "split": split,
-                "twin_row": position[(pair, 1 - twin)],
-            }
-            bar.update(1)
-    return records
-
-
-def _karpathy_payload(split_records: dict[str, list[dict]], info: dict) -> dict:
-    """Number images train, val, test; add sentences and the twin's imgid."""
-    images, sentence_id, first_id = [], 0, 0
-    for split in ("train", "val", "test"):
-        records = split_records[split]
-        for row, record in enumerate(records):
-            image_id = first_id + row
-            sentences = []
-            for caption in record["captions"]:
-                sentences.append(
-                    {"raw": caption, "tokens": caption.split(), "imgid": image_id, "sentid": sentence_id}
-                )
-                sentence_id += 1
-            images.append(
-                {
-                    "filepath": record["filepath"],
-                    "filename": record["filename"],
-                    "imgid": image_id,
-                    "split": split,
-                    "sentids": [s["sentid"] for s in sentences],
-                    "sentences": sentences,
-                    "objects": record["objects"],
-                    "relation": record["relation"],
-                    "twin": first_id + record["twin_row"],
-                }
-            )
-        first_id += len(records)
-    return {"dataset": "scenes", "info": info, "images": images}
-
-
-def _check_captions_unique(payload: dict) -> None:
-    seen: dict[tuple[str, str], int] = {}
-    for image in payload["images"]:
-        for sentence in image["sentences"]:
-            key = (image["split"], sentence["raw"])
-            if seen.setdefault(key, image["imgid"]) != image["imgid"]:
-                raise DcdError(
-                    f"internal error: caption {sentence['raw']!r} names two images of {image['split']}"
-                )
-
-
-def _install(temp: Path, out: Path) -> None:
-    """Move the finished build in place of ``out`` (an earlier scenes build there is replaced, nothing else)."""
-    if out.exists():
-        entries = {p.name for p in out.iterdir()} if out.is_dir() else {"?"}
-        if entries and DATASET_FILENAME not in entries:
-            raise OutputError(out, "exists and is not a scenes benchmark folder; refusing to replace it")
-        old = out.with_name(f".{out.name}.old-{temp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-        temp.rename(out)
-        shutil.rmtree(old)
-    else:
-        temp.rename(out)
+def draw_novel(novel_size: int, novel_pairs: int, objects: int, seed: int) -> list[SceneSpec]:
+    """Twin-pair specs over the ``novel_size`` eligible emoji left out of the vocabulary."""
+    needed, available = novel_pairs * comb(objects, 2), comb(novel_size, 2)
+    if novel_size < objects or needed > available // 2:
+        raise DcdError(
+            f"--novel-pairs {novel_pairs} needs {needed:,} distinct pairs of the {novel_size} eligible emoji outside "
+            f"the vocabulary ({available:,} pairs, half must stay free): lower --vocab or --novel-pairs"
+        )
+    return draw_specs(np.random.default_rng([seed, 20]), novel_size, novel_pairs, objects, set(), "novel")
 
 
 def build_scenes_dataset(
@@ -217,16 +134,21 @@ def build_scenes_dataset(
     emoji_data: str | Path | None = None,
     font_path: str | Path | None = None,
     cldr_dir: str | Path | None = None,
+    novel_pairs: int = 0,
     progress: bool = True,
 ) -> Path:
     """Build the benchmark into ``out_dir`` (atomically: a temporary sibling folder renamed into place).
 
     ``train_scenes`` / ``val_pairs`` / ``test_pairs`` count twin pairs: each is 2 images (a scene and its twin).
     Renders come from ``emoji_data`` (a ``dcd data emoji`` folder) when given, else from the font and CLDR.
+    ``novel_pairs`` > 0 also writes ``novel/dataset_scenes_novel.json`` (a "test" split of that many twin pairs
+    whose emoji are all outside the vocabulary, so never seen in train); the main dataset is the same either way.
     Returns the path of ``dataset_scenes.json``.
     """
     split_pairs = {"train": train_scenes, "val": val_pairs, "test": test_pairs}
     check_sizes(vocab, split_pairs, objects, canvas, seed)
+    if novel_pairs < 0:
+        raise DcdError(f"--novel-pairs must be >= 0, got {novel_pairs}")
     detection_size = round(SIZE_RANGE[1] * (canvas // 2))
     candidates, dropped = load_candidates(emoji_data, font_path, cldr_dir, detection_size, progress)
     if vocab > len(candidates):
@@ -236,6 +158,9 @@ def build_scenes_dataset(
     )
     vocabulary = [candidates[i] for i in chosen]
     specs = draw_splits(vocab, split_pairs, objects, seed)
+    unchosen = set(range(len(candidates))) - set(chosen)
+    novel_vocabulary = [candidates[i] for i in sorted(unchosen)]
+    novel_specs = draw_novel(len(novel_vocabulary), novel_pairs, objects, seed) if novel_pairs else []
     out = Path(out_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,12 +169,24 @@ def build_scenes_dataset(
         raise OutputError(out, f"cannot write here ({error.strerror or error})") from error
     try:
         (temp / "images").mkdir()
-        total = 2 * sum(split_pairs.values())
+        total = 2 * (sum(split_pairs.values()) + novel_pairs)
         with tqdm(total=total, desc="render scenes", unit="image", disable=not progress) as bar:
             records = {
-                split: _write_split(temp, split, specs[split], vocabulary, canvas, seed, bar)
-                for split in SPLIT_ORDER
+                split: write_split(temp, split, specs[split], vocabulary, canvas, [seed, 10 + stream], bar)
+                for stream, split in enumerate(SPLIT_ORDER)
             }
+            if novel_specs:
+                (temp / NOVEL_FOLDER / "images").mkdir(parents=True)
+                novel_records = write_split(
+                    temp / NOVEL_FOLDER,
+                    "test",
+                    novel_specs,
+                    novel_vocabulary,
+                    canvas,
+                    [seed, 21],
+                    bar,
+                    "novel",
+                )
         source = (
             {"emoji_data": "dcd data emoji build"}
             if emoji_data is not None
@@ -266,12 +203,18 @@ def build_scenes_dataset(
             **source,
             "licenses": "artwork: Noto Emoji, Apache-2.0; names: Unicode CLDR, Unicode-DFS-2016",
         }
-        payload = _karpathy_payload(records, info)
-        _check_captions_unique(payload)
-        (temp / DATASET_FILENAME).write_text(
-            json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8"
-        )
-        _install(temp, out)
+        write_payload(temp / DATASET_FILENAME, karpathy_payload(records, info))
+        if novel_specs:
+            novel_info = info | {
+                "description": "scenes of emoji outside the main vocabulary: none appears in ../dataset_scenes.json",
+                "sizes": {"novel_pairs": novel_pairs, "objects": objects, "canvas": canvas},
+                "vocabulary": [
+                    {"name": e.name, "codepoints": codepoints(e.sequence)} for e in novel_vocabulary
+                ],
+            }
+            payload = karpathy_payload({"test": novel_records}, novel_info, "scenes_novel")
+            write_payload(temp / NOVEL_FOLDER / NOVEL_FILENAME, payload)
+        install(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -20,9 +20,10 @@ from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.loading import resolve_dataset_file
 from dcd_itr.data.scenes import split_twin_index
 from dcd_itr.errors import DataError
-from dcd_itr.evaluate import encode_all
+from dcd_itr.evaluate.models import encode_split
+from dcd_itr.features import SplitFeatures
 from dcd_itr.metrics import rank_dual
-from dcd_itr.tasks.common import SplitFeatures, epoch_generator
+from dcd_itr.tasks.common import epoch_generator
 from dcd_itr.twins import dataset_twin_scores
 
 
@@ -122,7 +123,9 @@ def twin_pool_negatives(split: RetrievalSplit, twins: list[int | None], directio
 @torch.inference_mode()
 def validate_dual_with_twins(model: nn.Module, features: SplitFeatures, data: str | Path) -> dict[str, float]:
     """Recall@K / RSUM of a dual on a cached split, plus twin text / image / group when the dataset has twins."""
-    images = encode_all(model.encode_images, features.images, batch_size=1024)["embedding"]  # (N, D)
-    texts = encode_all(model.encode_texts, features.texts, batch_size=1024)["embedding"]  # (M, D)
-    metrics = rank_dual(images, texts, features.split.caption_to_image)
-    return {**metrics, **dataset_twin_scores(data, features.split, images @ texts.T)}
+    images, texts = encode_split(model, features.images, features.texts)
+    metrics = rank_dual(images["embedding"], texts["embedding"], features.split.caption_to_image)
+    return {
+        **metrics,
+        **dataset_twin_scores(data, features.split, images["embedding"] @ texts["embedding"].T),
+    }
