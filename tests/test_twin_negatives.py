@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ from conftest import karpathy_record, make_image, tiny_fusion_settings, write_sh
 from dcd_itr.cli import main
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import DataError
-from dcd_itr.tasks.twin_negatives import CpuClock, split_twin_rows, twin_pair_batches, twin_pool_negatives
+from dcd_itr.tasks.twin_negatives import (
+    CpuClock,
+    TwinPairLoss,
+    split_twin_rows,
+    twin_pair_batches,
+    twin_partners,
+    twin_pool_negatives,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,6 +157,7 @@ def test_position_aware_dual_with_twin_negatives_trains_and_reloads(workspace: d
         "out": str(root / "pos"),
         "batch_size": 6,
         "twin_negatives": True,
+        "twin_loss_weight": 1.0,
         "model": workspace["model"],
         "train": {"epochs": 2, "lr": 0.01},
     }
@@ -205,3 +214,18 @@ def test_dcd_into_the_position_aware_dual_with_twins_in_every_pool(workspace: di
     validation = json.loads((root / "dcd_pos" / "best" / "metrics.json").read_text())
     assert validation["train_cpu_minutes"] > 0 and "twin_group" in validation
     assert yaml.safe_load((root / "dcd_pos" / "best" / "model.yaml").read_text())["config"]["attention"]
+
+
+def test_twin_partners_and_the_pair_loss_by_hand() -> None:
+    twins = [1, 0, 3, 2, None]
+    partners = twin_partners(torch.tensor([2, 0, 4, 3, 1]), twins)
+    assert partners.tolist() == [3, 4, -1, 0, 1]
+    # two rows, image 0 and its twin 1: own 2, swapped caption 0, twin image 1 (row 0); row 1: own 3, others 3
+    logits = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
+    loss = TwinPairLoss()(logits, torch.tensor([1, 0]))
+    row0 = 0.5 * (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0)))
+    row1 = 0.5 * (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-3.0)))
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    tied = TwinPairLoss()(torch.ones(2, 2), torch.tensor([1, 0]))
+    assert tied.item() == pytest.approx(math.log(2.0))  # a bag of words ties every twin: ln 2
+    assert TwinPairLoss()(logits, torch.tensor([-1, -1])).item() == 0.0

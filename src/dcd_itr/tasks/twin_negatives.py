@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dcd_itr.data.dataset import RetrievalSplit
@@ -129,3 +130,36 @@ def validate_dual_with_twins(model: nn.Module, features: SplitFeatures, data: st
         **metrics,
         **dataset_twin_scores(data, features.split, images["embedding"] @ texts["embedding"].T),
     }
+
+
+def twin_partners(image_rows: torch.Tensor, twins: list[int | None]) -> torch.Tensor:
+    """(B,) the batch position of each row's twin image, -1 where the twin is not in the batch (or none)."""
+    position = {row: index for index, row in enumerate(image_rows.tolist())}
+    return torch.tensor(
+        [-1 if twins[row] is None else position.get(twins[row], -1) for row in image_rows.tolist()],
+        dtype=torch.int64,
+    )
+
+
+class TwinPairLoss(nn.Module):
+    """A 2-way softmax between each pair and its swapped twin, in both directions.
+
+    With in-batch logits S (B, B) (S_ij = scale * <image_i, caption_j>, caption i belongs to image i) and t(i) the
+    batch position of image i's twin, over the rows R that have one::
+
+        L = 1/2 * mean_{i in R} [ CE([S_ii, S_i,t(i)], 0) + CE([S_ii, S_t(i),i], 0) ]
+
+    the first term asks image i to prefer its own caption to the swapped one, the second asks caption i to prefer
+    its own image to the twin image. Zero when no row has its twin in the batch.
+    """
+
+    def forward(self, logits: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
+        rows = (partners >= 0).nonzero().flatten()  # (R,)
+        if len(rows) == 0:
+            return logits.new_zeros(())
+        twins = partners[rows]  # (R,)
+        own = logits[rows, rows]  # (R,)
+        by_caption = torch.stack([own, logits[rows, twins]], dim=1)  # (R, 2): own vs swapped caption
+        by_image = torch.stack([own, logits[twins, rows]], dim=1)  # (R, 2): own vs twin image
+        targets = torch.zeros(len(rows), dtype=torch.int64, device=logits.device)
+        return 0.5 * (F.cross_entropy(by_caption, targets) + F.cross_entropy(by_image, targets))
