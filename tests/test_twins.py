@@ -122,3 +122,15 @@ def test_cascade_matrices_rank_like_the_cascade() -> None:
     assert torch.allclose(by_image - by_image.min(), torch.as_tensor(second) - second.min())  # all re-ranked
     twins = [i + 1 if i % 2 == 0 else i - 1 for i in range(12)]
     assert twin_scores(by_image, split, twins, by_caption) == twin_scores(second, split, twins)
+
+
+def test_random_scores_sit_at_chance() -> None:
+    """Chance is 25 / 25 / 16.7: each score is two independent coin flips; group = the own pair are the top 2 of 4."""
+    pairs = 1000  # a (2000, 2000) matrix; binomial spread ~1.4 points
+    split = split_of([[f"c{i}"] for i in range(2 * pairs)])
+    twins = [i + 1 if i % 2 == 0 else i - 1 for i in range(2 * pairs)]
+    result = twin_scores(np.random.default_rng(2).normal(size=(2 * pairs, 2 * pairs)), split, twins)
+    assert result["twin_text"] == pytest.approx(25, abs=4.5) and result["twin_image"] == pytest.approx(
+        25, abs=4.5
+    )
+    assert result["twin_group"] == pytest.approx(100 / 6, abs=4.0)

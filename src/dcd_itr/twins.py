@@ -140,6 +140,11 @@ def cascade_score_matrices(
     return finals[0], finals[1]
 
 
+def has_twins(data: str | Path, split: str) -> bool:
+    """Does ``split`` of the dataset at ``data`` have swapped twins (the scenes benchmark)?"""
+    return split_twin_index(data, split) is not None
+
+
 def dataset_twin_scores(
     data: str | Path,
     split: RetrievalSplit,

@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from dcd_itr.data import scenes
 from dcd_itr.data.loading import load_dataset
-from dcd_itr.data.preview import contact_sheet
-from dcd_itr.data.scenes import build_scenes_dataset, load_scene_annotations
-
-PREVIEW_PAIRS = 18  # twin pairs on the contact sheet: 36 tiles, 6 rows of 3 pairs
-
-
-def twin_contact_sheet(
-    dataset_path: Path, path: Path, split: str = "test", pairs: int = PREVIEW_PAIRS
-) -> Path:
-    """A contact sheet of the first ``pairs`` twin pairs of ``split``, each scene beside its twin, caption 0."""
-    splits, _ = load_dataset(dataset_path)
-    data = splits[split]
-    annotations = load_scene_annotations(dataset_path, split)
-    rows: list[int] = []
-    for row, annotation in enumerate(annotations):
-        if len(rows) >= 2 * pairs:
-            break
-        if row not in rows and annotation.twin_index >= 0:
-            rows += [row, annotation.twin_index]
-    labels = [data.captions[data.image_to_captions[row][0]] for row in rows]
-    title = f"{split}: {data.num_images} images; each scene beside its swapped twin (first caption shown)"
-    return contact_sheet([data.image_paths[row] for row in rows], labels, path, columns=6, title=title)
+from dcd_itr.data.preview import twin_contact_sheet
+from dcd_itr.data.scenes import build_scenes_dataset
+from dcd_itr.data.statistics import dataset_statistics
 
 
-def data_scenes(args: argparse.Namespace, statistics: Callable) -> Path:
+def data_scenes(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     dataset_path = build_scenes_dataset(
         args.out,
@@ -53,17 +33,17 @@ def data_scenes(args: argparse.Namespace, statistics: Callable) -> Path:
     seconds = time.perf_counter() - started
     splits, _ = load_dataset(dataset_path)
     print(f"scenes benchmark written to {dataset_path} in {seconds:.1f} s")
-    print(statistics(splits))
+    print(dataset_statistics(splits))
     novel = dataset_path.parent / scenes.NOVEL_FOLDER / scenes.NOVEL_FILENAME
     if args.novel_pairs:
         print(f"novel-emoji test split written to {novel}")
-        print(statistics(load_dataset(novel)[0]))
+        print(dataset_statistics(load_dataset(novel)[0]))
     if args.preview is not None:
         print(f"contact sheet: {twin_contact_sheet(dataset_path, args.preview)}")
     return dataset_path
 
 
-def add_scenes_parser(data_commands: argparse._SubParsersAction, statistics: Callable) -> None:
+def add_scenes_parser(data_commands: argparse._SubParsersAction) -> None:
     parser = data_commands.add_parser(
         "scenes",
         help="build the emoji-scenes relation benchmark (swapped twins, relation captions)",
@@ -141,4 +121,4 @@ def add_scenes_parser(data_commands: argparse._SubParsersAction, statistics: Cal
         "--preview", type=Path, help="also write a PNG contact sheet of test scenes, each beside its twin"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=lambda a: data_scenes(a, statistics))
+    parser.set_defaults(handler=data_scenes)

@@ -1,7 +1,10 @@
 """The emoji-scenes relation benchmark: several emoji on a 2x2 grid, captioned with one relation, with twins.
 
-``build_scenes_dataset(out_dir)`` writes ``out_dir/images/*.png`` and ``out_dir/dataset_scenes.json`` (Karpathy
-format plus per-image ``objects``, ``relation`` and ``twin``; the contract is docs in SCENES_CONTRACT / README).
+``build_scenes_dataset(out_dir)`` writes ``out_dir/images/*.png`` and ``out_dir/dataset_scenes.json``: Karpathy
+format (read by :func:`dcd_itr.data.loading.load_dataset` like any dataset) plus, per image,
+``"objects": [{"name", "codepoints", "box": [x0, y0, x1, y1]}]`` (grid-cell order, pixel boxes, exclusive ends),
+``"relation": {"subject": i, "object": j, "predicate": "left of" | "above"}`` (subject = the left / upper one) and
+``"twin": imgid``. :func:`load_scene_annotations` / :func:`split_twin_index` read them back in a split's order.
 
 - Vocabulary: see :mod:`dcd_itr.data.scene_vocab` (one code point, plain unique CLDR name, one detectable glyph);
   ``vocab`` of them drawn by the seed.

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
-from dcd_itr.models.interfaces import (
+from dcd_itr.interfaces import (
     CrossEncoder,
     FeatureBatch,
     concat_features,

@@ -3,7 +3,7 @@
 For every image a detector that works on the pixels (default: :func:`dcd_itr.data.regions.detect_regions`, the
 connected non-background components) returns boxes; each box is cropped with a small margin, padded to a square on
 white (so the tower sees the object undistorted) and encoded by the wrapped tower at its ``image_size``. The
-result is a :data:`~dcd_itr.models.interfaces.FeatureBatch` with a fixed number ``R = max_regions`` of slots::
+result is a :data:`~dcd_itr.interfaces.FeatureBatch` with a fixed number ``R = max_regions`` of slots::
 
     tokens (B, R, C)   the wrapped tower's pooled feature of each crop (zeros in empty slots)
     mask   (B, R)      True at real regions
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from dcd_itr.encoders.base import ImageTower
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.interfaces import FeatureBatch
 
 Box = tuple[int, int, int, int]
 Detector = Callable[[Image.Image], Sequence[Sequence[int]]]

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcd_itr.interfaces import FeatureBatch, slice_features
 from dcd_itr.models.fusion import spread_layer_indices
-from dcd_itr.models.interfaces import FeatureBatch, slice_features
 
 GEOMETRY_FEATURES = (
     8  # centre (2), size (2), offset from the regions' mean centre (2), best and mean match (2)
@@ -73,7 +73,7 @@ def box_geometry(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class GroundedCrossEncoder(nn.Module):
-    """A :class:`~dcd_itr.models.interfaces.CrossEncoder` on cached region and token features."""
+    """A :class:`~dcd_itr.interfaces.CrossEncoder` on cached region and token features."""
 
     def __init__(self, config: GroundedConfig) -> None:
         super().__init__()
