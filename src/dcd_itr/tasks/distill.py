@@ -286,14 +286,18 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     del teacher  # the student never calls the teacher: its scores come from the cache
     student.to(device)
     views = (student.image_views, student.text_views)
-    # a dual student reads only what its heads use (pooled vectors, or tokens + mask); a cross student all
-    names = student.feature_names if config.student == "dual" else None
+    # a dual student reads only what its heads use (pooled vectors, or tokens + mask); a cross student reads every
+    # tensor, its token states per batch (lazy)
+    names = tuple(student.feature_names) if config.student == "dual" else None
     reads = lambda key: names is None or key.rsplit(".", 1)[-1] in names  # noqa: E731
+    subset = {"names": names} if config.student == "dual" else {"lazy": True}
     train = _on_device(
-        load_split_features(Path(config.data), Path(config.features), "train", *views), device, reads
+        load_split_features(Path(config.data), Path(config.features), "train", *views, **subset),
+        device,
+        reads,
     )
     val = _on_device(
-        load_split_features(Path(config.data), Path(config.features), "val", *views), device, reads
+        load_split_features(Path(config.data), Path(config.features), "val", *views, **subset), device, reads
     )
     save_model_description(student, out / "best")
     infonce = SymmetricInfoNCELoss()
