@@ -175,7 +175,7 @@ def rank_cross(
         result = score_all_pairs(
             encoded.model, encoded.images, encoded.texts, text_block=CROSS_TEXT_BLOCK, progress=progress
         )
-        metrics = recall_at_k_from_scores(result.scores, split.caption_to_image)
+        metrics = recall_at_k_from_scores(result.scores, split.caption_to_image, caption_texts=split.captions)
         return metrics, result.scores, result.pairs_scored
 
     (metrics, scores, pairs), seconds = timed(score)
@@ -197,7 +197,12 @@ def rank_dual_system(name: str, encoded: EncodedModel, encoder: SplitEncoder) ->
     """Dot products of the dual's embeddings, ranked blockwise."""
     split = encoder.split
     metrics, seconds = timed(
-        lambda: rank_dual(encoded.images["embedding"], encoded.texts["embedding"], split.caption_to_image)
+        lambda: rank_dual(
+            encoded.images["embedding"],
+            encoded.texts["embedding"],
+            split.caption_to_image,
+            caption_texts=split.captions,
+        )
     )
     return SystemRun(
         name,

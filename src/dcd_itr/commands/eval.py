@@ -46,7 +46,12 @@ def evaluate_model(
         if not is_cross_encoder(model):
             images = encode_all(model.encode_images, cached.images, batch_size=1024)["embedding"]
             texts = encode_all(model.encode_texts, cached.texts, batch_size=1024)["embedding"]
-            return {"kind": "dual", **rank_dual(images, texts, cached.split.caption_to_image)}
+            return {
+                "kind": "dual",
+                **rank_dual(
+                    images, texts, cached.split.caption_to_image, caption_texts=cached.split.captions
+                ),
+            }
         images = encode_all(model.encode_images, cached.images, batch_size=256)
         texts = encode_all(model.encode_texts, cached.texts, batch_size=256)
     checkpoint = scores_dir / f"{folder.parent.name}_{folder.name}_{split}" if scores_dir else None
@@ -59,7 +64,9 @@ def evaluate_model(
         fingerprint=f"{_weights_hash(folder)}:{split}",
         progress=progress,
     )
-    metrics = recall_at_k_from_scores(result.scores, cached.split.caption_to_image)
+    metrics = recall_at_k_from_scores(
+        result.scores, cached.split.caption_to_image, caption_texts=cached.split.captions
+    )
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 
@@ -94,7 +101,9 @@ def evaluate_cross_encoder(
         fingerprint=f"{teacher.fingerprint[:16]}:{split}",
         progress=progress,
     )
-    metrics = recall_at_k_from_scores(result.scores, split_data.caption_to_image)
+    metrics = recall_at_k_from_scores(
+        result.scores, split_data.caption_to_image, caption_texts=split_data.captions
+    )
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 
 

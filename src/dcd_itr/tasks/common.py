@@ -99,7 +99,8 @@ def image_caption_batches(
 def validate_dual(model: nn.Module, features: SplitFeatures) -> dict[str, float]:
     images = encode_all(model.encode_images, features.images, batch_size=1024)["embedding"]
     texts = encode_all(model.encode_texts, features.texts, batch_size=1024)["embedding"]
-    return rank_dual(images, texts, features.split.caption_to_image)
+    split = features.split
+    return rank_dual(images, texts, split.caption_to_image, caption_texts=split.captions)
 
 
 @torch.inference_mode()
@@ -107,4 +108,5 @@ def validate_cross(model: nn.Module, features: SplitFeatures, progress: bool = F
     images = encode_all(model.encode_images, features.images, batch_size=256)
     texts = encode_all(model.encode_texts, features.texts, batch_size=256)
     scores = score_all_pairs(model, images, texts, text_block=features.split.num_captions, progress=progress)
-    return recall_at_k_from_scores(scores.scores, features.split.caption_to_image)
+    split = features.split
+    return recall_at_k_from_scores(scores.scores, split.caption_to_image, caption_texts=split.captions)
