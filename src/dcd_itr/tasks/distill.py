@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dcd_itr.data.same_text import TextGroups
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.distill.losses import build_loss
 from dcd_itr.distill.pools import DIRECTIONS, Pools, score_pools, score_pools_by_image
@@ -57,11 +58,12 @@ from dcd_itr.train import TrainConfig, Trainer, TrainResult, distributed_context
 
 @dataclass
 class LossConfig:
-    name: str = "dcd"  # dcd | static | wsl | none (the ablation's four rows)
+    name: str = "dcd"  # dcd | static | wsl | weighted | none
     alpha: float = 0.2  # reference code: 20% teacher, 80% label
     temperature: float = 1.0  # reference code
     reduction: str = "per_sample"  # the fixed DCD form; "reference" reproduces the reference code's reduction
     distance: str = "mse"  # reference code distils logits with MSE; "kl" is the alternative
+    options: dict[str, Any] = field(default_factory=dict)  # further constructor options (label, weightings)
 
 
 @dataclass
@@ -85,6 +87,10 @@ class DistillConfig:
     )  # both; the reference trains i2t only
     mining_seed: int = 0  # pools depend on it (not on the training seed), so seeds share the teacher cache
     rounds: int = 1  # mining rounds; epoch e uses round e % rounds
+    fresh_candidates: bool = (
+        False  # True: one mining round per epoch (rounds = epochs), as the reference draws anew
+    )
+    exclude_same_text: bool = True  # text-identical captions are no negatives (pools and in-batch InfoNCE)
     anchors_per_batch: int = 64
     infonce_weight: float = 0.5  # beta: in-batch InfoNCE beside the candidate-list loss (dual only)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -120,7 +126,13 @@ def teacher_cache_folder(config: DistillConfig, teacher: Teacher) -> Path:
     plug-in: a changed teacher gets a new folder, and the old scores are never mixed in."""
     parsed = parse_spec(teacher.spec)
     prefix = f"{parsed[0]}-" if parsed else ""
-    return Path(config.teacher_cache) / f"{prefix}{teacher.fingerprint[:16]}"
+    suffix = "-sametext" if config.exclude_same_text else ""  # other pools: never mixed with the old ones
+    return Path(config.teacher_cache) / f"{prefix}{teacher.fingerprint[:16]}{suffix}"
+
+
+def mining_rounds(config: DistillConfig) -> int:
+    """How many mining rounds the run uses: one per epoch with ``fresh_candidates``, else ``rounds``."""
+    return config.train.epochs if config.fresh_candidates else config.rounds
 
 
 def _announce_cache(folder: Path, teacher: Teacher) -> None:
@@ -157,6 +169,7 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
         pool_size=config.pool_size,
         num_candidates=config.num_candidates,
         directions=tuple(config.directions),
+        extra={"exclude_same_text": True} if config.exclude_same_text else None,
     )
     write_json_atomic(folder / "teacher.json", {"spec": teacher.spec, "fingerprint": teacher.fingerprint})
     scorer = _shared_across_ranks(score_pools_by_image if teacher.raw_inputs else score_pools)
@@ -176,9 +189,10 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
                 r,
                 scorer=scorer,
                 progress=progress,
+                exclude_same_text=config.exclude_same_text,
             ),
         )
-        for index in range(config.rounds)
+        for index in range(mining_rounds(config))
     ]
     return rounds, time.perf_counter() - started
 
@@ -259,6 +273,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     )
     save_model_description(student, out / "best")
     infonce = SymmetricInfoNCELoss()
+    same_text = TextGroups.from_captions(train.split.captions, train.split.caption_to_image)
 
     def step(wrapped, batch):
         direction, anchors, candidates, teacher_logits = batch
@@ -275,7 +290,14 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         )  # (B, K, D)
         logits = student.logit_scale * (images * texts).sum(dim=-1)  # (B, K)
         terms = loss(logits, teacher_logits)
-        contrastive = infonce(student.similarity(images[:, 0], texts[:, 0]))  # the anchors' positive pairs
+        excluded = None
+        if (
+            config.exclude_same_text
+        ):  # (B, B): a caption of the same image or with the same text is no negative
+            excluded = same_text.related(image_rows[:, :1], caption_rows[:, 0][None, :]).to(device)
+        contrastive = infonce(
+            student.similarity(images[:, 0], texts[:, 0]), excluded
+        )  # the anchors' positive pairs
         total = terms["loss"] + config.infonce_weight * contrastive["loss"]
         return {**terms, "loss": total, "infonce": contrastive["loss"].detach()}
 
@@ -306,4 +328,4 @@ def _loss_options(loss: LossConfig) -> dict:
     options = {"alpha": loss.alpha, "temperature": loss.temperature, "distance": loss.distance}
     if loss.name == "dcd":
         options["reduction"] = loss.reduction
-    return options
+    return {**options, **loss.options}
