@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from dcd_itr.data.same_text import TextGroups
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.interfaces import slice_features
@@ -47,13 +48,17 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
     val = load_split_features(Path(config.data), Path(config.features), "val", *views)
     save_model_description(model, out / "best")
     loss = SymmetricInfoNCELoss()
+    same_text = TextGroups.from_captions(train.split.captions, train.split.caption_to_image)
 
     def step(wrapped, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         image_rows, caption_rows = batch
         images, texts = wrapped(
             slice_features(train.images, image_rows), slice_features(train.texts, caption_rows)
         )
-        return loss(model.similarity(images, texts))  # (B, B) logits
+        excluded = same_text.related(
+            image_rows[:, None], caption_rows[None, :]
+        )  # (B, B) text-identical pairs
+        return loss(model.similarity(images, texts), excluded.to(images.device))  # (B, B) logits
 
     trainer = Trainer(model, [{"params": list(model.parameters())}], config.train, out, progress)
     return trainer.fit(
