@@ -47,6 +47,7 @@ ROWS: dict[str, tuple[list[str], list[list[str]]]] = {
     "static-bce": (["loss.name=static", "loss.options={label: bce}"], [[f"loss.alpha={a}"] for a in ALPHAS]),
     "dcd-bce": (["loss.name=dcd", "loss.options={label: bce}"], [[f"loss.alpha={a}"] for a in ALPHAS]),
     "dcd-ce": (["loss.name=dcd", "loss.options={label: ce}"], [[f"loss.alpha={a}"] for a in ALPHAS]),
+    "wsl": (["loss.name=wsl", "loss.distance=kl"], [[f"loss.alpha={a}"] for a in ALPHAS]),  # KL: WSL's own
     "weighted-tempered": (
         [
             "loss.name=weighted",
@@ -87,6 +88,7 @@ COMPARISONS = [
     ("weighted-confidence", "static-ce"),
     ("weighted-both", "static-ce"),
     ("weighted-margin", "static-ce"),
+    ("wsl", "static-ce"),
     ("dcd-bce", "none"),
 ]
 COLUMNS = list(METRIC_COLUMNS)

@@ -57,3 +57,25 @@ def test_t_quantiles() -> None:
 def test_mean_and_std_uses_the_sample_std() -> None:
     assert mean_and_std([1.0, 2.0, 3.0]) == "2.0 ± 1.0"  # population std would be 0.8
     assert mean_and_std([5.0]) == "5.0"
+
+
+def test_ablation_table_has_sample_stds_ess_and_paired_verdicts() -> None:
+    from ablation import markdown
+
+    def runs(rsums: list[float], ess: float | None = None) -> dict:
+        rows = []
+        for seed, rsum in enumerate(rsums):
+            row = {key: rsum / 6 for key in ("image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10")}
+            row |= {key: rsum / 6 for key in ("text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10")}
+            row |= {"rsum": rsum, "seed": seed} | ({"label_ess": ess, "distill_ess": 63.0} if ess else {})
+            rows.append(row)
+        return {"chosen": [], "runs": rows}
+
+    table = markdown(
+        {"dual / static-ce": runs([200.0, 202.0, 204.0]), "dual / dcd-ce": runs([203.0, 205.0, 207.5], 20.0)},
+        [0, 1, 2],
+    )
+    assert "| dual / static-ce |" in table and "202.0 ± 2.0" in table  # sample std
+    assert "| 20.0 | 63.0 | config |" in table and "| uniform | uniform | config |" in table
+    # differences 3, 3, 3.5: mean 3.17, sd 0.289, half width 4.3027 * 0.289 / sqrt(3) = 0.717
+    assert "- dual: dcd-ce − static-ce = +3.2 RSUM (95% CI 2.4…3.9, 3 paired seeds): dcd-ce better" in table
