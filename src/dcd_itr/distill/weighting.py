@@ -1,7 +1,8 @@
 """Per-sample weights that actually vary, the label term's two forms, and pairwise distillation distances.
 
 DCD's own weights (DCD_SPEC.md step 3) are nearly uniform where it matters: w sums to 1 over the batch, so
-r = softmax_over_batch((1 − w)²) stays within a factor e of uniform (measured r·B ∈ [0.58, 1.03] at B = 64), and
+r = softmax_over_batch((1 − w)²) stays within a factor e of uniform (issue 14 measured r·B ∈ [0.58, 1.03] at
+B = 64), and
 only the label weights w are dynamic in practice. The schemes here make each weight a named choice, with its
 formula below; every weight vector sums to 1 over the batch (B anchors) and is computed from the detached teacher.
 
