@@ -175,7 +175,7 @@ def markdown(results: dict[str, dict], seeds: list[int]) -> str:
     for name_a, name_b in COMPARISONS:
         for prefix in sorted({n.split(" / ")[0] for n in results}):
             a, b = results.get(f"{prefix} / {name_a}"), results.get(f"{prefix} / {name_b}")
-            if a and b:
+            if a and b and len(a["runs"]) == len(b["runs"]) >= 2:  # a paired interval needs 2+ seeds
                 difference = paired_difference([r["rsum"] for r in a["runs"]], [r["rsum"] for r in b["runs"]])
                 lines.append(f"- {prefix}: " + verdict_sentence(name_a, name_b, difference))
     return "\n".join(lines) + "\n"
