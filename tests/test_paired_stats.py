@@ -79,3 +79,15 @@ def test_ablation_table_has_sample_stds_ess_and_paired_verdicts() -> None:
     assert "| 20.0 | 63.0 | config |" in table and "| uniform | uniform | config |" in table
     # differences 3, 3, 3.5: mean 3.17, sd 0.289, half width 4.3027 * 0.289 / sqrt(3) = 0.717
     assert "- dual: dcd-ce − static-ce = +3.2 RSUM (95% CI 2.4…3.9, 3 paired seeds): dcd-ce better" in table
+
+
+def test_ablation_table_with_one_seed_has_no_verdicts() -> None:
+    from ablation import markdown
+
+    row = {key: 30.0 for key in ("image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10")}
+    row |= {key: 30.0 for key in ("text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10", "rsum")}
+    table = markdown(
+        {"dual / static-ce": {"chosen": [], "runs": [row]}, "dual / dcd-ce": {"chosen": [], "runs": [row]}},
+        [0],
+    )
+    assert "| dual / dcd-ce |" in table and "95% CI" not in table
