@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from dcd_itr.commands.eval import evaluate_model
+from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
 from emoji_distill import distill_emoji

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from dcd_itr.commands.eval import evaluate_model
 from dcd_itr.config import load_config
 from dcd_itr.encoders import build_image_tower, build_text_tower
+from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
 from dcd_itr.models.registry import save_model_description

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from dcd_itr.commands.eval import evaluate_model
 from dcd_itr.config import load_config
+from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher

@@ -4,7 +4,7 @@ import os
 
 from PIL import ImageColor
 
-from dcd_itr.commands.features import cache_features
+from dcd_itr.features import cache_features
 from dcd_itr.models.dual import DualConfig
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.train import TrainConfig

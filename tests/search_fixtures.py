@@ -145,7 +145,7 @@ def built_index(tmp_path_factory, side: str = "images", backend: str = "faiss-fl
     """An index folder of the tiny test split (cached per side and backend)."""
     key = f"index-{side}-{backend}"
     if key not in _CACHE:
-        from dcd_itr.commands.index import index_build
+        from dcd_itr.search.build import index_build
 
         setup = tiny_setup(tmp_path_factory)
         out = tmp_path_factory.mktemp(key)

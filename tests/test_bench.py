@@ -24,7 +24,7 @@ from dcd_itr.bench.report import best_setting
 from dcd_itr.bench.runner import BenchConfig, run_benchmark
 from dcd_itr.cli import main
 from dcd_itr.commands.eval import run_eval
-from dcd_itr.commands.features import cache_features
+from dcd_itr.features import cache_features
 from dcd_itr.models.fusion import cut_student
 from dcd_itr.models.registry import load_model
 from search_fixtures import _save, tiny_setup

@@ -15,11 +15,11 @@ from PIL import Image
 from conftest import tiny_fusion_settings, write_karpathy_fixture, write_shapes_fixture
 from dcd_itr.bench import projection
 from dcd_itr.commands.bench import parse_baselines
-from dcd_itr.commands.demo import DemoPlan, demo
 from dcd_itr.data.loading import load_split
+from dcd_itr.demo import DemoPlan, demo
+from dcd_itr.demo.examples import CELL, CORRECT, FRAME, GAP, GROUP_GAP, MARGIN, example_sheet, sheet_size
+from dcd_itr.demo.ledger import LEDGER_FILE, StageLedger
 from dcd_itr.errors import ConfigError
-from dcd_itr.report.examples import CELL, CORRECT, FRAME, GAP, GROUP_GAP, MARGIN, example_sheet, sheet_size
-from dcd_itr.report.stages import LEDGER_FILE, StageLedger
 
 # ----------------------------------------------------------------------------- the stage ledger
 

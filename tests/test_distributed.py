@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from conftest import spawn_ranks
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
+from dcd_itr.distributed import distributed_context
+from dcd_itr.interfaces import slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
-from dcd_itr.models.interfaces import slice_features
-from dcd_itr.train import TrainConfig, Trainer, distributed_context
+from dcd_itr.train import TrainConfig, Trainer
 
 WORLD_SIZE = 2
 JOIN_TIMEOUT_S = (

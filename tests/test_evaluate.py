@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
+from dcd_itr.interfaces import CrossEncoder, FeatureBatch
 from dcd_itr.metrics import cascade_recall_from_scores, rank_dual, recall_at_k_from_scores
-from dcd_itr.models.interfaces import CrossEncoder, FeatureBatch
 
 
 class IdCrossEncoder(torch.nn.Module):

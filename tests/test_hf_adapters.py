@@ -22,6 +22,7 @@ from transformers import (
     ViltProcessor,
 )
 
+from dcd_itr.interfaces import CrossEncoder, concat_features, expand_score_matrix, feature_batch_size
 from dcd_itr.models.hf_adapters import (
     HF_CROSS_ENCODERS,
     BlipITMCrossEncoder,
@@ -30,7 +31,6 @@ from dcd_itr.models.hf_adapters import (
     full_size_config,
     load_hf_cross_encoder,
 )
-from dcd_itr.models.interfaces import CrossEncoder, concat_features, expand_score_matrix, feature_batch_size
 
 KINDS = sorted(HF_CROSS_ENCODERS)
 VOCAB_WORDS = "a an the cat cats dog red blue green on sits runs mat grass photo of small big"

@@ -11,12 +11,11 @@ from safetensors.torch import save_file
 from dcd_itr.data.loading import load_split
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.features import FeatureStore, build_feature_cache
+from dcd_itr.interfaces import expand_score_matrix, slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.end_to_end import EndToEnd
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder, cut_student, spread_layer_indices
-from dcd_itr.models.interfaces import expand_score_matrix, slice_features
-from dcd_itr.models.registry import load_model, save_model_description
-from dcd_itr.train import load_model_weights
+from dcd_itr.models.registry import load_model, load_model_weights, save_model_description
 
 
 def tiny_fusion(num_layers: int = 4, paths: int = 2) -> FusionCrossEncoder:

@@ -21,12 +21,14 @@ from safetensors.torch import load_file, save_file
 import search_fixtures
 from conftest import karpathy_record, make_image
 from dcd_itr.cli import main
-from dcd_itr.commands.index import index_build, index_info, index_merge, parse_shard
+from dcd_itr.commands.index import index_info
 from dcd_itr.data.loading import load_split
+from dcd_itr.distributed import parse_shard
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
 from dcd_itr.models.end_to_end import EndToEnd
+from dcd_itr.models.registry import weights_fingerprint
 from dcd_itr.search import build as build_module
-from dcd_itr.search.gallery import model_fingerprint
+from dcd_itr.search.build import index_build, index_merge
 from dcd_itr.search.retriever import Retriever
 from search_fixtures import built_index, tiny_setup
 
@@ -79,7 +81,7 @@ def test_built_index_holds_vectors_table_and_fingerprint(tiny, image_index, refe
     assert (
         info["count"] == info["items"] == 11 and info["side"] == "images" and info["backend"] == "faiss-flat"
     )
-    assert info["model_fingerprint"] == model_fingerprint(tiny.dual) and info["model_dir"] == str(tiny.dual)
+    assert info["model_fingerprint"] == weights_fingerprint(tiny.dual) and info["model_dir"] == str(tiny.dual)
     gallery = json.loads((image_index / "gallery.json").read_text())
     assert gallery["image_captions"][0] == ["a red square", "the colour red"]
 

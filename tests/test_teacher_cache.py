@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round, teacher_fingerprint
+from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.models.registry import weights_fingerprint
 from test_pools import SPLIT, DistanceCrossEncoder
 
 SETTINGS = {
@@ -110,12 +111,12 @@ def test_a_build_with_the_wrong_shapes_is_rejected_before_writing(tmp_path: Path
     assert not cache.round_path(0, "image_to_text").exists()
 
 
-def test_teacher_fingerprint_is_the_sha256_of_the_weights(tmp_path: Path) -> None:
-    weights = tmp_path / "teacher.safetensors"
+def test_weights_fingerprint_is_the_sha256_of_the_weights(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"weights" * 1000)
-    assert teacher_fingerprint(weights) == hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert weights_fingerprint(tmp_path) == hashlib.sha256(b"weights" * 1000).hexdigest()
     weights.write_bytes(b"weights" * 1001)
-    assert teacher_fingerprint(weights) == hashlib.sha256(b"weights" * 1001).hexdigest()
+    assert weights_fingerprint(tmp_path) == hashlib.sha256(b"weights" * 1001).hexdigest()
 
 
 def test_mine_round_through_the_cache(tmp_path: Path) -> None:

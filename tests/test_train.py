@@ -19,9 +19,10 @@ from torch import nn
 
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.errors import CorruptFileError
+from dcd_itr.interfaces import slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
-from dcd_itr.models.interfaces import slice_features
-from dcd_itr.train import TrainConfig, Trainer, linear_warmup_decay, load_model_weights
+from dcd_itr.models.registry import load_model_weights
+from dcd_itr.train import TrainConfig, Trainer, linear_warmup_decay
 
 IMAGE_KEY = "efficientnet-lite0@128.pooled"  # DualConfig's default views
 TEXT_KEY = "minilm-l6@40.pooled"

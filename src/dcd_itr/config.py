@@ -108,21 +108,34 @@ def load_config(path: str | Path, cls: type[T], overrides: list[str] | None = No
     return config_from_dict(cls, data, str(path))
 
 
-def apply_override(data: dict, override: str) -> None:
-    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (so ``3``, ``0.1``, ``true`` work)."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r}: expected key.path=value")
-    key, raw = override.split("=", 1)
+def apply_override(data: dict, override: str, flag: str = "override") -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (so ``3``, ``0.1``, ``true`` work).
+
+    The one KEY=VALUE rule of the command line: ``--set`` (config fields), ``--option`` (plug-in loader options)
+    and ``--param`` (index backend parameters) all go through here; ``flag`` names the option in errors.
+    """
+    key, sep, raw = override.partition("=")
     parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"{flag} {override!r}: expected key.path=value (NAME=VALUE)")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+            raise ConfigError(f"{flag} {override!r}: {part!r} is not a section")
     try:
         node[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {override!r}: the value is not valid YAML ({error})") from None
+        raise ConfigError(f"{flag} {override!r}: the value is not valid YAML ({error})") from None
+
+
+def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["dtype=bfloat16", "pair_batch_size=64"]`` -> ``{"dtype": "bfloat16", "pair_batch_size": 64}``: each
+    pair by :func:`apply_override`'s rule (dotted keys nest, values are YAML)."""
+    values: dict[str, Any] = {}
+    for pair in pairs or []:
+        apply_override(values, pair, flag)
+    return values
 
 
 def config_to_dict(config: Any) -> dict:

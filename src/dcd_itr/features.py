@@ -26,20 +26,21 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.images import load_rgb
+from dcd_itr.data.loading import load_dataset, load_split
+from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.base import ImageTower, TextTower
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view, view_key
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.interfaces import FeatureBatch, concat_features
 from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
-from dcd_itr.models.interfaces import FeatureBatch, concat_features
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 256  # items per shard: a lost shard costs at most ~30 s of Lite2 encoding on 2 cores
-
-
-def view_key(kind: str, tower_name: str, size: int) -> str:
-    """``image-efficientnet-lite2@260`` / ``text-minilm-l6@40``: a tower at one input size."""
-    return f"{kind}-{tower_name.replace('/', '_').replace(':', '_')}@{size}"
+TOWER_BATCH_SIZE = (
+    32  # images or captions per tower call: Lite2 at 260 px stays well under 1 GB of activations
+)
 
 
 def split_fingerprint(split: RetrievalSplit, kind: str) -> str:
@@ -127,7 +128,7 @@ def build_feature_cache(
     cache_root: Path,
     shard_size: int = DEFAULT_SHARD_SIZE,
     storage_dtype: str = "float32",
-    batch_size: int = 32,
+    batch_size: int = TOWER_BATCH_SIZE,
     progress: bool = True,
 ) -> CacheResult:
     """Encode ``split`` with ``tower`` into the cache (resuming or reusing what is there); see the module doc."""
@@ -194,14 +195,6 @@ def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> F
     return concat_features(batches)
 
 
-def parse_view(spec: str, default_size: int | None = None) -> tuple[str, int | None]:
-    """``efficientnet-lite2@260`` -> (``efficientnet-lite2``, 260); no ``@`` -> (name, default_size)."""
-    name, _, size = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    if size and not size.isdigit():
-        raise CacheMismatchError(f"bad view {spec!r}: expected NAME or NAME@SIZE with an integer size")
-    return name, int(size) if size else default_size
-
-
 class FeatureStore:
     """Cached features of one split, by view name, with keys namespaced as ``"<view>.<name>"``.
 
@@ -239,3 +232,53 @@ class FeatureStore:
 
     def text_features(self, views: list[str]) -> FeatureBatch:
         return {k: v for view in views for k, v in self._load("text", view).items()}
+
+
+def cache_features(
+    data: Path,
+    out: Path,
+    image_encoders: list[str],
+    text_encoders: list[str],
+    splits: tuple[str, ...] = SPLITS,
+    storage_dtype: str = "float32",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    batch_size: int = TOWER_BATCH_SIZE,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[CacheResult]:
+    """Encode every requested split with every requested tower; reuse or resume what is cached."""
+    dataset, _ = load_dataset(data)
+    results: list[CacheResult] = []
+    towers = [build_image_tower(*parse_view(spec), device=device) for spec in image_encoders]
+    for spec in text_encoders:
+        name, length = parse_view(spec, DEFAULT_TEXT_LENGTH)
+        towers.append(build_text_tower(name, max_length=length, device=device))
+    for tower in towers:
+        for split_name in splits:
+            if split_name not in dataset:
+                continue
+            result = build_feature_cache(
+                dataset[split_name], tower, out, shard_size, storage_dtype, batch_size, progress
+            )
+            rate = f"{result.items_per_second:.1f} items/s" if result.encoded_items else "reused"
+            print(f"{result.directory}: {result.num_items} items, {rate}")
+            results.append(result)
+    return results
+
+
+@dataclass
+class SplitFeatures:
+    """A split and the cached features a model needs, keyed ``"<view>.<name>"``."""
+
+    split: RetrievalSplit
+    images: FeatureBatch  # (N, ...) per key
+    texts: FeatureBatch  # (M, ...) per key
+
+
+def load_split_features(
+    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
+) -> SplitFeatures:
+    """Split ``split_name`` of the dataset at ``data`` with the cached features of the given views."""
+    split = load_split(data, split_name)
+    store = FeatureStore(features, split)
+    return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))

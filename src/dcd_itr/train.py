@@ -44,8 +44,10 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from dcd_itr.distributed import distributed_context
 from dcd_itr.errors import CorruptFileError
 from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
+from dcd_itr.models.registry import load_model_weights
 
 
 @dataclass
@@ -86,13 +88,6 @@ def linear_warmup_decay(total_steps: int, warmup_fraction: float) -> Callable[[i
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return multiplier
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world_size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _staging_folders(folder: Path) -> tuple[Path, Path]:
@@ -137,19 +132,6 @@ def recover_checkpoint(folder: Path) -> None:
             with contextlib.suppress(FileNotFoundError):  # another rank finished the swap first
                 os.replace(candidate, folder)
             return
-
-
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights into ``model``, naming the file when it is corrupt or does not fit."""
-    try:
-        state, _ = load_checked(path)
-    except Exception as error:  # safetensors raises several types for truncated/corrupt files
-        raise CorruptFileError(path, f"cannot read weights ({error})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CorruptFileError(
-            path, f"weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
 
 
 _STATE_KEYS = ("epoch", "batch", "step", "best_rsum", "best_epoch", "history")

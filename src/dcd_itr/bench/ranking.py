@@ -22,19 +22,16 @@ import torch
 from torch import nn
 
 from dcd_itr.bench.common import ratio, timed
-from dcd_itr.commands.features import DEFAULT_TEXT_LENGTH
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders import build_image_tower, build_text_tower
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
-from dcd_itr.features import parse_view
+from dcd_itr.evaluate.models import CROSS_ENCODE_BATCH, CROSS_TEXT_BLOCK, DUAL_ENCODE_BATCH
+from dcd_itr.features import TOWER_BATCH_SIZE
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores, top_k_candidates
-from dcd_itr.models.interfaces import FeatureBatch
 
-TOWER_BATCH = 32  # what `dcd features` uses, so tower outputs match the cache `dcd eval` reads
-CROSS_HEAD_BATCH = 256  # `dcd eval`'s unimodal batch for cross-encoders
-DUAL_HEAD_BATCH = 1024  # `dcd eval`'s unimodal batch for dual encoders
-CROSS_TEXT_BLOCK = 512  # `dcd eval`'s captions per score_matrix call
 TOP_IMAGES = 10  # each caption's best images kept per system (outside the timed part), for example queries
 
 
@@ -105,7 +102,7 @@ class SplitEncoder:
             name, size = parse_view(view)
             tower = build_image_tower(name, image_size=size, device=self.device)
             tower.encode(self.images[:1])  # warm-up (lazy initialisation), not timed
-            features, seconds = timed(lambda: tower.encode(self.images, batch_size=TOWER_BATCH))
+            features, seconds = timed(lambda: tower.encode(self.images, batch_size=TOWER_BATCH_SIZE))
             self._store(view, features, seconds)
         return self._features[view]
 
@@ -116,7 +113,7 @@ class SplitEncoder:
             captions = list(self.split.captions)
             tower.encode(captions[:1], pad_to_max_length=True)  # warm-up, not timed
             features, seconds = timed(
-                lambda: tower.encode(captions, batch_size=TOWER_BATCH, pad_to_max_length=True)
+                lambda: tower.encode(captions, batch_size=TOWER_BATCH_SIZE, pad_to_max_length=True)
             )
             self._store(view, features, seconds)
         return self._features[view]
@@ -153,13 +150,13 @@ class EncodedModel:
 
 def encode_model(model: nn.Module, encoder: SplitEncoder, dual: bool) -> EncodedModel:
     """Tower outputs of the model's views (shared with other models) through its unimodal heads, timed."""
-    batch = DUAL_HEAD_BATCH if dual else CROSS_HEAD_BATCH
     tower_images: FeatureBatch = {}
     for view in model.image_views:
         tower_images.update(encoder.image_view(view))
     tower_texts: FeatureBatch = {}
     for view in model.text_views:
         tower_texts.update(encoder.text_view(view))
+    batch = DUAL_ENCODE_BATCH if dual else CROSS_ENCODE_BATCH  # what `dcd eval` uses
     images, image_s = timed(lambda: encode_all(model.encode_images, tower_images, batch_size=batch))
     texts, text_s = timed(lambda: encode_all(model.encode_texts, tower_texts, batch_size=batch))
     return EncodedModel(model, images, texts, image_s, text_s)

@@ -22,8 +22,8 @@ from dcd_itr.bench import projection, ranking, report
 from dcd_itr.bench.common import TIMING_ONLY_LABEL, machine_info, thread_count
 from dcd_itr.data.loading import load_split
 from dcd_itr.errors import ConfigError
+from dcd_itr.interfaces import is_cross_encoder
 from dcd_itr.models.end_to_end import EndToEnd
-from dcd_itr.models.interfaces import is_cross_encoder
 from dcd_itr.models.registry import load_model
 
 
@@ -52,6 +52,24 @@ class BenchConfig:
     top_images: int = 0  # > 0: write each caption's top images per system to top_images.json (demo examples)
     progress: bool = False  # progress bars while the cross-encoders and cascades score
     print_report: bool = True  # log speed.md's tables at the end (the demo prints its own summary instead)
+
+
+def bench_command_line(config: BenchConfig) -> str:
+    """The `dcd bench` command line that reruns ``config``'s benchmark, as recorded in its outputs."""
+    latency = config.latency
+    parts = ["dcd bench"]
+    for flag in ("teacher", "cross", "dual", "data", "split", "out"):
+        value = getattr(config, flag)
+        if value is not None:
+            parts.append(f"--{flag} {shlex.quote(str(value))}")
+    if latency is not None and latency.hnsw_max_size is not None:
+        parts.append(f"--hnsw-max-size {latency.hnsw_max_size}")
+    parts += [f"--threads {config.threads}"] if config.threads is not None else []
+    parts.append("--cascade-k " + " ".join(map(str, config.cascade_ks)))
+    parts.append(" ".join(["--latency-sizes", *map(str, latency.sizes if latency else [])]))
+    parts += [f"--baseline {shlex.quote(f'{name}={folder}')}" for name, folder in config.baselines.items()]
+    parts += [f"--top-images {config.top_images}"] if config.top_images else []
+    return " ".join(parts + (["--skip-existing-itr"] if config.skip_existing_itr else []))
 
 
 def _load(folder: Path | None, want_cross: bool, role: str) -> torch.nn.Module | None:

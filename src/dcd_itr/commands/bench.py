@@ -4,11 +4,10 @@ online query latency, and the plot (see :mod:`dcd_itr.bench`)."""
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 
 from dcd_itr.bench.latency import LatencyConfig
-from dcd_itr.bench.runner import BenchConfig, run_benchmark
+from dcd_itr.bench.runner import BenchConfig, bench_command_line, run_benchmark
 from dcd_itr.errors import ConfigError
 
 
@@ -69,20 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The resolved command, defaults included, as recorded in the outputs (reruns reproduce it exactly)."""
-    parts = ["dcd bench"]
-    for flag in ("teacher", "cross", "dual", "data", "split", "out", "hnsw_max_size", "threads"):
-        value = getattr(args, flag)
-        if value is not None:
-            parts.append(f"--{flag.replace('_', '-')} {shlex.quote(str(value))}")
-    parts.append("--cascade-k " + " ".join(map(str, args.cascade_k)))
-    parts.append(" ".join(["--latency-sizes", *map(str, args.latency_sizes)]))
-    parts += [f"--baseline {shlex.quote(spec)}" for spec in args.baseline]
-    parts += [f"--top-images {args.top_images}"] if args.top_images else []
-    return " ".join(parts + (["--skip-existing-itr"] if args.skip_existing_itr else []))
-
-
 def parse_baselines(specs: list[str]) -> dict[str, Path]:
     """``["name=dir", ...]`` -> ``{name: Path(dir)}``."""
     baselines = {}
@@ -96,21 +81,20 @@ def parse_baselines(specs: list[str]) -> dict[str, Path]:
 
 def _run(args: argparse.Namespace) -> None:
     latency = LatencyConfig(sizes=args.latency_sizes, hnsw_max_size=args.hnsw_max_size)
-    run_benchmark(
-        BenchConfig(
-            data=args.data,
-            split=args.split,
-            teacher=args.teacher,
-            cross=args.cross,
-            dual=args.dual,
-            cascade_ks=args.cascade_k,
-            out=args.out,
-            skip_existing_itr=args.skip_existing_itr,
-            latency=latency if args.latency_sizes else None,
-            threads=args.threads,
-            command=command_line(args),
-            baselines=parse_baselines(args.baseline),
-            top_images=args.top_images,
-            progress=args.progress,
-        )
+    config = BenchConfig(
+        data=args.data,
+        split=args.split,
+        teacher=args.teacher,
+        cross=args.cross,
+        dual=args.dual,
+        cascade_ks=args.cascade_k,
+        out=args.out,
+        skip_existing_itr=args.skip_existing_itr,
+        latency=latency if args.latency_sizes else None,
+        threads=args.threads,
+        baselines=parse_baselines(args.baseline),
+        top_images=args.top_images,
+        progress=args.progress,
     )
+    config.command = bench_command_line(config)
+    run_benchmark(config)

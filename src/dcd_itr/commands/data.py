@@ -1,32 +1,16 @@
-"""`dcd data ...`: build the emoji benchmark and describe any dataset."""
+"""`dcd data ...`: build the emoji and scenes benchmarks and describe any dataset."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-
+from dcd_itr.commands.data_scenes import add_scenes_parser
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.emoji import DEFAULT_SEED, build_emoji_dataset
 from dcd_itr.data.loading import load_dataset
 from dcd_itr.data.preview import split_contact_sheet
-
-
-def dataset_statistics(splits: dict[str, RetrievalSplit]) -> str:
-    """A small table: images, captions and captions per image for each split."""
-    lines = [f"{'split':<6} {'images':>7} {'captions':>9} {'captions/image (min/mean/max)':>30}"]
-    for name in SPLITS:
-        if name not in splits:
-            continue
-        split = splits[name]
-        per_image = np.asarray([len(c) for c in split.image_to_captions])
-        spread = f"{per_image.min()} / {per_image.mean():.2f} / {per_image.max()}"
-        lines.append(f"{name:<6} {split.num_images:>7} {split.num_captions:>9} {spread:>30}")
-    total_images = sum(s.num_images for s in splits.values())
-    total_captions = sum(s.num_captions for s in splits.values())
-    lines.append(f"{'total':<6} {total_images:>7} {total_captions:>9}")
-    return "\n".join(lines)
+from dcd_itr.data.statistics import dataset_statistics
 
 
 def data_emoji(
@@ -66,8 +50,10 @@ def data_stats(
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="build the emoji benchmark; read and check datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="{emoji,stats}")
+    data = subparsers.add_parser(
+        "data", help="build the emoji and scenes benchmarks; read and check datasets"
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="{emoji,scenes,stats}")
 
     emoji = data_commands.add_parser(
         "emoji",
@@ -90,6 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     emoji.set_defaults(
         handler=lambda a: data_emoji(a.out, a.preview, a.seed, a.font, a.cldr_dir, progress=not a.quiet)
     )
+
+    add_scenes_parser(data_commands)
 
     stats = data_commands.add_parser(
         "stats",

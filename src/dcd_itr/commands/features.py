@@ -6,43 +6,7 @@ import argparse
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS
-from dcd_itr.data.loading import load_dataset
-from dcd_itr.encoders import build_image_tower, build_text_tower
-from dcd_itr.features import DEFAULT_SHARD_SIZE, CacheResult, build_feature_cache, parse_view
-
-DEFAULT_TEXT_LENGTH = 40  # the DCD reference truncates captions at 40 tokens
-
-
-def cache_features(
-    data: Path,
-    out: Path,
-    image_encoders: list[str],
-    text_encoders: list[str],
-    splits: tuple[str, ...] = SPLITS,
-    storage_dtype: str = "float32",
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    batch_size: int = 32,
-    device: str = "cpu",
-    progress: bool = True,
-) -> list[CacheResult]:
-    """Encode every requested split with every requested tower; reuse or resume what is cached."""
-    dataset, _ = load_dataset(data)
-    results: list[CacheResult] = []
-    towers = [build_image_tower(*parse_view(spec), device=device) for spec in image_encoders]
-    for spec in text_encoders:
-        name, length = parse_view(spec, DEFAULT_TEXT_LENGTH)
-        towers.append(build_text_tower(name, max_length=length, device=device))
-    for tower in towers:
-        for split_name in splits:
-            if split_name not in dataset:
-                continue
-            result = build_feature_cache(
-                dataset[split_name], tower, out, shard_size, storage_dtype, batch_size, progress
-            )
-            rate = f"{result.items_per_second:.1f} items/s" if result.encoded_items else "reused"
-            print(f"{result.directory}: {result.num_items} items, {rate}")
-            results.append(result)
-    return results
+from dcd_itr.features import DEFAULT_SHARD_SIZE, TOWER_BATCH_SIZE, cache_features
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: all)")
     parser.add_argument("--fp16", action="store_true", help="store floats as float16 (half the disk)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard")
-    parser.add_argument("--batch-size", type=int, default=32, help="tower batch size")
+    parser.add_argument("--batch-size", type=int, default=TOWER_BATCH_SIZE, help="tower batch size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(

@@ -4,76 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from dcd_itr.data.loading import load_split
-from dcd_itr.errors import ConfigError
 from dcd_itr.search.base import read_metadata
-from dcd_itr.search.build import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SHARD_SIZE,
-    BuildResult,
-    build_index,
-    merge_shards,
-)
+from dcd_itr.search.build import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, index_build, index_merge
 from dcd_itr.search.gallery import SIDES, Gallery
 from dcd_itr.search.index import DEFAULT_BACKEND, INDEX_BACKENDS, parse_params
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4); None -> torchrun's ``RANK``/``WORLD_SIZE`` when set, else (0, 1)."""
-    if text is None:
-        text = f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}" if "WORLD_SIZE" in os.environ else "0/1"
-    rank, sep, world = text.partition("/")
-    if not sep or not rank.isdigit() or not world.isdigit() or not 0 <= int(rank) < int(world):
-        raise ConfigError(f"--shard {text!r}: expected RANK/WORLD with 0 <= RANK < WORLD, e.g. 0/4")
-    return int(rank), int(world)
-
-
-def _device_for_rank(device: str) -> str:
-    """Under torchrun, plain "cuda" means this rank's GPU (``LOCAL_RANK``)."""
-    return f"cuda:{os.environ['LOCAL_RANK']}" if device == "cuda" and "LOCAL_RANK" in os.environ else device
-
-
-def index_build(
-    model: Path,
-    data: Path,
-    out: Path,
-    split: str = "test",  # the benchmark's gallery
-    side: str = "images",  # images -> text queries; captions -> image queries
-    backend: str = DEFAULT_BACKEND,  # exact inner product
-    params: dict[str, Any] | None = None,  # None -> the backend's defaults
-    batch_size: int = DEFAULT_BATCH_SIZE,  # see the constant's reason
-    shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
-    device: str = "cpu",  # "cuda" under torchrun means this rank's GPU
-    shard: str | None = None,  # None -> torchrun's RANK/WORLD_SIZE, else one process
-    progress: bool = True,  # tqdm bar
-) -> BuildResult:
-    """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``."""
-    if backend not in INDEX_BACKENDS:
-        raise ConfigError(f"unknown --backend {backend!r}; valid: {', '.join(INDEX_BACKENDS)}")
-    rank, world = parse_shard(shard)
-    gallery = Gallery.from_split(load_split(data, split), side, model, data)
-    result = build_index(
-        gallery, out, backend, params, rank, world, batch_size, shard_size, _device_for_rank(device), progress
-    )
-    if result.merged:
-        print(
-            f"{out}: {result.num_items} {side} indexed with {backend} ({result.embedded_items} embedded now)"
-        )
-    else:
-        print(
-            f"{out}: shard {rank}/{world} done; when every rank has finished run `dcd index merge --out {out}`"
-        )
-    return result
-
-
-def index_merge(out: Path, backend: str = DEFAULT_BACKEND, params: dict[str, Any] | None = None) -> Gallery:
-    gallery = merge_shards(out, backend, params)
-    print(f"{out}: {len(gallery)} {gallery.side} merged into a {backend} index")
-    return gallery
 
 
 def index_info(index: Path) -> dict[str, Any]:

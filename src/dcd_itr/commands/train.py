@@ -11,17 +11,10 @@ runs in one process.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from dcd_itr.config import load_config
-from dcd_itr.distill.teacher import resolve_device
+from dcd_itr.distributed import resolve_device, torchrun_process_group
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
@@ -38,24 +31,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config field by dotted path, repeatable (e.g. --set train.epochs=3 --set out=runs/x)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-PROCESS_GROUP_TIMEOUT = timedelta(hours=1)  # ranks wait at most this long for each other (a slow shard, I/O)
-
-
-@contextlib.contextmanager
-def torchrun_process_group(backend: str = "gloo") -> Iterator[int]:
-    """Join torchrun's process group for the run (a no-op outside torchrun); yields this process's rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        yield dist.get_rank() if dist.is_initialized() else 0
-        return
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
-    try:
-        yield dist.get_rank()
-    finally:
-        dist.destroy_process_group()
 
 
 def run_train_dual(config_path: Path, overrides: list[str], progress: bool = True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,3 +175,16 @@ def build_emoji_dataset(
     dataset_path = out_dir / DATASET_FILENAME
     write_json_atomic(dataset_path, karpathy_payload(items, assign_splits(group_sizes, seed), info), indent=1)
     return dataset_path
+
+
+def emoji_dataset_is_current(data_dir: Path, seed: int) -> bool:
+    """True when ``data_dir`` holds a complete emoji build from the installed font with this seed."""
+    dataset_path = data_dir / DATASET_FILENAME
+    try:
+        payload = json.loads(dataset_path.read_text(encoding="utf-8"))
+        info = payload["info"]
+        font_hash = hashlib.sha256(find_font().read_bytes()).hexdigest()
+        images_present = all((data_dir / i["filepath"] / i["filename"]).is_file() for i in payload["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return info.get("seed") == seed and info.get("font_sha256") == font_hash and images_present

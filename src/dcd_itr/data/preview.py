@@ -11,8 +11,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.images import load_rgb
+from dcd_itr.data.loading import load_split
+from dcd_itr.data.scene_annotations import load_scene_annotations
 from dcd_itr.io_utils import write_bytes_atomic
 
+PREVIEW_PAIRS = 18  # twin pairs on a scenes contact sheet: 36 tiles, 6 rows of 3 pairs
 TILE = 136  # the emoji benchmark's native image size: no resampling for it
 LABEL_LINES = 3  # caption lines under each tile
 LABEL_SIZE = 13  # caption font size in pixels: legible at 1:1 with a tile of 136 px
@@ -60,3 +63,20 @@ def split_contact_sheet(split: RetrievalSplit, path: str | Path, count: int = 36
         f"{split.name} split: {split.num_images} images, {split.num_captions} captions (first caption shown)"
     )
     return contact_sheet([split.image_paths[row] for row in rows], labels, path, columns, title)
+
+
+def twin_contact_sheet(
+    dataset_path: Path, path: Path, split: str = "test", pairs: int = PREVIEW_PAIRS
+) -> Path:
+    """A contact sheet of the first ``pairs`` twin pairs of ``split``, each scene beside its twin, caption 0."""
+    data = load_split(dataset_path, split)
+    annotations = load_scene_annotations(dataset_path, split)
+    rows: list[int] = []
+    for row, annotation in enumerate(annotations):
+        if len(rows) >= 2 * pairs:
+            break
+        if row not in rows and annotation.twin_index >= 0:
+            rows += [row, annotation.twin_index]
+    labels = [data.captions[data.image_to_captions[row][0]] for row in rows]
+    title = f"{split}: {data.num_images} images; each scene beside its swapped twin (first caption shown)"
+    return contact_sheet([data.image_paths[row] for row in rows], labels, path, columns=6, title=title)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.same_text import TextGroups
-from dcd_itr.models.interfaces import (
+from dcd_itr.interfaces import (
     CrossEncoder,
     FeatureBatch,
     concat_features,

@@ -7,31 +7,20 @@ raw images and caption strings). :class:`Teacher` carries which, so callers hand
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.image_files import ImageFiles
 from dcd_itr.data.loading import load_split
-from dcd_itr.distill.teacher_cache import teacher_fingerprint
+from dcd_itr.distributed import resolve_device
 from dcd_itr.errors import ConfigError
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.features import load_split_features
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.models.plugins import load_plugin, owned_modules, parse_spec
-from dcd_itr.models.registry import load_model
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun plain ``cuda`` -> this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    return device
+from dcd_itr.models.registry import load_model, weights_fingerprint
 
 
 def freeze_teacher(teacher: Any) -> Any:
@@ -61,8 +50,6 @@ class Teacher:
         if self.raw_inputs:
             split = load_split(data, split_name)
             return split, ImageFiles(split.image_paths), list(split.captions)
-        from dcd_itr.tasks.common import load_split_features  # tasks import this module
-
         cached = load_split_features(
             data, features, split_name, self.model.image_views, self.model.text_views
         )
@@ -86,5 +73,5 @@ def load_frozen_teacher(
             f"teacher options {sorted(options)} apply to plug-in specs, not the folder {spec!r}"
         )
     model = load_model(Path(spec)).to(device)
-    weights = teacher_fingerprint(Path(spec) / "model.safetensors")
+    weights = weights_fingerprint(spec)
     return Teacher(freeze_teacher(model), spec, weights, raw_inputs=False)

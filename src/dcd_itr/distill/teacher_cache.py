@@ -6,7 +6,7 @@ Layout::
     DIRECTORY/round-0000-image_to_text.safetensors       # anchor_rows (A,), candidates (A, P), pool_scores (A, P),
     DIRECTORY/round-0000-text_to_image.safetensors       #   student_candidates (A, K), teacher_logits (A, K)
 
-The manifest records the format version, the teacher id (e.g. :func:`teacher_fingerprint` of its weights), the
+The manifest records the format version, the teacher id (e.g. :func:`~dcd_itr.models.registry.weights_fingerprint` of its weights), the
 dataset fingerprint, the seed, P, K, the directions and any ``extra`` settings the caller adds. Opening a folder
 whose manifest differs raises :class:`CacheMismatchError` naming each difference. Round files are written
 atomically, so a missing file means "not built yet" (an interrupted run resumes there) and a file that cannot be
@@ -28,8 +28,8 @@ from safetensors.torch import save_file
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.distill.pools import DIRECTIONS, build_pools, check_direction, score_pools, select_hard_negatives
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
-from dcd_itr.io_utils import atomic_path, file_sha256, load_checked, with_checksum, write_json_atomic
-from dcd_itr.models.interfaces import CrossEncoder, FeatureBatch
+from dcd_itr.interfaces import CrossEncoder, FeatureBatch
+from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
 
 FORMAT_VERSION = 1
 
@@ -60,11 +60,6 @@ class RoundScores:
         for name, shape in wanted.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
-
-
-def teacher_fingerprint(weights_path: str | Path) -> str:
-    """sha256 (hex) of a teacher's weights file."""
-    return file_sha256(weights_path)
 
 
 def mine_round(

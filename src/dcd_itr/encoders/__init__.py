@@ -19,6 +19,7 @@ from dcd_itr.encoders.base import ImageTower, MissingTowerPackageError, TextTowe
 from dcd_itr.encoders.efficientnet import EfficientNetLiteTower
 from dcd_itr.encoders.hf import HFImageTower, HFTextTower
 from dcd_itr.encoders.minilm import MiniLMTextTower
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import ConfigError
 
 HF_PREFIX = "hf:"
@@ -57,7 +58,7 @@ def build_image_tower(
 
 def build_text_tower(
     name: str,
-    max_length: int = 40,  # the DCD reference truncates captions at 40 tokens
+    max_length: int = DEFAULT_TEXT_LENGTH,
     device: str | torch.device = "cpu",  # "cuda" or "auto" where present
     **options,
 ) -> TextTower:

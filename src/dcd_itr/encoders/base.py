@@ -1,6 +1,6 @@
 """The small interface every frozen unimodal tower implements.
 
-An :class:`ImageTower` turns PIL images into a :data:`~dcd_itr.models.interfaces.FeatureBatch`
+An :class:`ImageTower` turns PIL images into a :data:`~dcd_itr.interfaces.FeatureBatch`
 ``{"tokens": (B, N, C_tok), "mask": (B, N) bool, "pooled": (B, C_pool)}``; a :class:`TextTower` does the same for
 strings with ``(B, L, C)`` tokens. Towers are frozen by default: no gradients, and ``train()`` keeps them in eval
 mode so batch-norm statistics and dropout never change under a training loop that owns them.
@@ -20,19 +20,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dcd_itr.distributed import resolve_device
 from dcd_itr.errors import DcdError
-from dcd_itr.models.interfaces import FeatureBatch, concat_features
+from dcd_itr.interfaces import FeatureBatch, concat_features
 
 
 class MissingTowerPackageError(DcdError, ModuleNotFoundError):
     """A tower's code or weight package is not installed; the message gives the pip line."""
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else is passed to :class:`torch.device`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def require_module(module: str, pip_name: str) -> Any:
@@ -104,7 +98,7 @@ class FrozenTower(nn.Module):
 
     def _finish(self, frozen: bool, device: str | torch.device) -> None:
         """Called at the end of a subclass ``__init__``: move to ``device`` and freeze unless asked not to."""
-        self.to(resolve_device(device))
+        self.to(torch.device(resolve_device(device)))
         if frozen:
             self.freeze()
         else:

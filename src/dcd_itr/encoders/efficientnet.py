@@ -22,7 +22,7 @@ import torch
 
 from dcd_itr.encoders.base import ImageTower, package_versions, require_module
 from dcd_itr.errors import ConfigError
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.interfaces import FeatureBatch
 
 CODE_MODULE = "efficientnet_lite_pytorch"
 CODE_DISTRIBUTION = "efficientnet-lite-pytorch"

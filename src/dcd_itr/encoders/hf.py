@@ -18,7 +18,7 @@ from torch import nn
 
 from dcd_itr.encoders.base import ImageTower, TextTower, masked_mean, package_versions
 from dcd_itr.errors import ConfigError
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.interfaces import FeatureBatch
 
 POOLINGS = ("pooler", "mean", "cls")
 # ViTImageProcessor's default, used when a checkpoint has no preprocessor file

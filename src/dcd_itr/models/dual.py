@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
+from dcd_itr.interfaces import FeatureBatch
 
 
 @dataclass
 class DualConfig:
     image_view: str = "efficientnet-lite0@128"  # the student's cheap view: 11 ms/image on one CPU core
-    text_view: str = "minilm-l6@40"  # MiniLM truncated at 40 tokens, as the DCD reference does
+    text_view: str = f"minilm-l6@{DEFAULT_TEXT_LENGTH}"  # MiniLM truncated as the DCD reference does
     image_dim: int = 1280  # EfficientNet-Lite's pooled head width
     text_dim: int = 384  # MiniLM-L6's hidden size
     embed_dim: int = 256  # index size: 1 KiB per vector in float32

@@ -17,8 +17,8 @@ from torch import nn
 from dcd_itr.data.images import load_rgb
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.base import ImageTower, TextTower
-from dcd_itr.features import parse_view
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.encoders.views import parse_view
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.models.registry import load_model
 
 

@@ -21,19 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
+from dcd_itr.interfaces import FeatureBatch, feature_batch_size, slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
-from dcd_itr.models.interfaces import FeatureBatch, feature_batch_size, slice_features
 
 
 @dataclass
 class FusionConfig:
     similarity_paths: list[DualConfig] = field(default_factory=list)  # empty -> fusion term alone
     fusion_image_view: str | None = "efficientnet-lite2@260"  # None -> no fusion term (a pure ensemble)
-    fusion_text_view: str = "minilm-l6@40"
+    fusion_text_view: str = f"minilm-l6@{DEFAULT_TEXT_LENGTH}"
     image_token_dim: int = 352  # Lite2's last-block width
     text_token_dim: int = 384  # MiniLM-L6 hidden size
     image_grid: int = 3  # image tokens average-pooled to 3x3: 2.5x the pairs/s of 5x5 on CPU
-    max_text_tokens: int = 40  # positions for the text stream (the tower's max length)
+    max_text_tokens: int = DEFAULT_TEXT_LENGTH  # positions for the text stream (the tower's max length)
     width: int = 96  # fusion width: ~1,400 pairs/s on 2 CPU cores with 4 layers
     num_layers: int = 4  # a student cut from it keeps 2 (layers 0 and 3)
     num_heads: int = 4
@@ -88,7 +89,7 @@ class CoAttentionLayer(nn.Module):
 
 
 class FusionCrossEncoder(nn.Module):
-    """A :class:`~dcd_itr.models.interfaces.CrossEncoder` on cached token features (see the module docstring)."""
+    """A :class:`~dcd_itr.interfaces.CrossEncoder` on cached token features (see the module docstring)."""
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """Published vision-language cross-encoders as DCD teachers: ViLT, BridgeTower and BLIP-ITM.
 
 Each adapter wraps the real ``transformers`` retrieval class and its processor behind the
-:class:`~dcd_itr.models.interfaces.CrossEncoder` protocol, caching whatever unimodal work the architecture
+:class:`~dcd_itr.interfaces.CrossEncoder` protocol, caching whatever unimodal work the architecture
 allows (see each module's docstring) and scoring pairs in bounded chunks:
 
 - ``vilt``: ``ViltForImageAndTextRetrieval``; score = the retrieval logit (``rank_output``); cached per image:

@@ -1,7 +1,7 @@
 """Shared machinery for the Hugging Face cross-encoder adapters (ViLT, BridgeTower, BLIP-ITM).
 
 Each adapter wraps a real ``transformers`` retrieval model and its processor behind the
-:class:`~dcd_itr.models.interfaces.CrossEncoder` protocol. This module holds what they share: loading
+:class:`~dcd_itr.interfaces.CrossEncoder` protocol. This module holds what they share: loading
 (``from_pretrained`` for real checkpoints, ``from_config`` for random-weight timing runs), saving, caption
 tokenisation to a fixed length, and pair scoring in bounded chunks. A subclass supplies the unimodal image
 features (:meth:`HFCrossEncoder.encode_images`), optional extra text work (:meth:`HFCrossEncoder._text_features`)
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
-from dcd_itr.models.interfaces import FeatureBatch, feature_batch_size, slice_features
+from dcd_itr.interfaces import FeatureBatch, feature_batch_size, slice_features
 
 DEFAULT_PAIR_BATCH_SIZE = 32  # bounds activation memory: 32 full-size ViLT pairs need well under 1 GiB
 

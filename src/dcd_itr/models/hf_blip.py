@@ -29,8 +29,8 @@ from transformers import (
     PretrainedConfig,
 )
 
+from dcd_itr.interfaces import FeatureBatch, feature_batch_size, slice_features
 from dcd_itr.models.hf_base import HFCrossEncoder, check_images, trim_to_longest
-from dcd_itr.models.interfaces import FeatureBatch, feature_batch_size, slice_features
 
 ENC_TOKEN = "[ENC]"  # the original BLIP's first token for image-grounded text encoding
 

@@ -31,8 +31,8 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.models.hf_base import HFCrossEncoder, check_images, trim_to_longest
-from dcd_itr.models.interfaces import FeatureBatch
 
 ROBERTA_SPECIAL_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}  # RoBERTa's own special ids
 

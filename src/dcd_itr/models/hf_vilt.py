@@ -30,8 +30,8 @@ from transformers import (
     ViltProcessor,
 )
 
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.models.hf_base import HFCrossEncoder, check_images, trim_to_longest
-from dcd_itr.models.interfaces import FeatureBatch
 
 PATCH_SAMPLING_SEED = (
     0  # fixed seed for visual_embed's patch shuffle: the same image always gives the same tokens

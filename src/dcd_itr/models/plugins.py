@@ -6,7 +6,7 @@ SPEC is one of:
 - ``vilt:PATH_OR_HUB_ID``, ``bridgetower:PATH_OR_HUB_ID``, ``blip-itm:PATH_OR_HUB_ID``: a published checkpoint
   through the adapters of :mod:`dcd_itr.models.hf_adapters`;
 - ``python:MODULE:NAME`` or ``python:FILE.py:NAME``: a user's class or factory, called with the run's options
-  (and ``device=`` if it takes one). What it returns is either a :class:`~dcd_itr.models.interfaces.CrossEncoder`
+  (and ``device=`` if it takes one). What it returns is either a :class:`~dcd_itr.interfaces.CrossEncoder`
   on raw data (``encode_images(list of PIL images)``, ``encode_texts(list of str)``, ``score_pairs``,
   ``score_matrix``), or any object with ``score(images, captions)`` -- aligned lists of B PIL images and B
   strings -> B scores, higher = better match -- which :class:`ScoreFunctionCrossEncoder` wraps;
@@ -37,9 +37,9 @@ from PIL import Image
 from torch import nn
 
 from dcd_itr.errors import ConfigError
+from dcd_itr.interfaces import FeatureBatch
 from dcd_itr.io_utils import file_sha256, tensors_sha256
 from dcd_itr.models.hf_adapters import HF_CROSS_ENCODERS, load_hf_cross_encoder
-from dcd_itr.models.interfaces import FeatureBatch
 
 PLUGIN_KINDS = (*HF_CROSS_ENCODERS, "python")
 SPEC_FORMS = (

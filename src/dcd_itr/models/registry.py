@@ -12,7 +12,7 @@ from torch import nn
 
 from dcd_itr.config import config_from_dict, config_to_dict
 from dcd_itr.errors import ConfigError, CorruptFileError
-from dcd_itr.io_utils import write_text_atomic
+from dcd_itr.io_utils import file_sha256, load_checked, write_text_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.zeroshot import ZeroShotBridge, ZeroShotConfig
@@ -54,10 +54,34 @@ def build_model_from_description(folder: Path) -> nn.Module:
     return model_class(config_from_dict(config_class, description.get("config") or {}, str(path)))
 
 
+WEIGHTS_FILE = "model.safetensors"  # beside model.yaml in every saved model folder
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """sha256 (hex) of ``model_dir/model.safetensors``: the one id of a saved model's exact weights (teacher-score
+    caches, galleries, evaluation score checkpoints and the demo's stage ledger all key on it)."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    try:
+        return file_sha256(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model weights not found (is {model_dir} a model folder?)") from None
+
+
+def load_model_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``model``, naming the file when it is corrupt or does not fit."""
+    try:
+        state, _ = load_checked(path)
+    except Exception as error:  # safetensors raises several types for truncated/corrupt files
+        raise CorruptFileError(path, f"cannot read weights ({error})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CorruptFileError(
+            path, f"weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+
+
 def load_model(folder: Path, weights: str = "model.safetensors") -> nn.Module:
     """Rebuild a model from ``folder/model.yaml`` and load ``folder/<weights>`` (safetensors)."""
-    from dcd_itr.train import load_model_weights  # local import: train imports nothing from models
-
     model = build_model_from_description(folder)
     load_model_weights(model, Path(folder) / weights)
     return model.eval()

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcd_itr.encoders.base import require_module
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
+from dcd_itr.interfaces import FeatureBatch
 
 PROMPT = "a photo of a {}"  # CLIP's default prompt; MiniLM embeds the bare name about as well
 
@@ -27,7 +28,7 @@ PROMPT = "a photo of a {}"  # CLIP's default prompt; MiniLM embeds the bare name
 @dataclass
 class ZeroShotConfig:
     image_view: str = "efficientnet-lite0@128"
-    text_view: str = "minilm-l6@40"
+    text_view: str = f"minilm-l6@{DEFAULT_TEXT_LENGTH}"
     image_dim: int = 1280  # EfficientNet-Lite's pooled head width (the classifier's input)
     text_dim: int = 384  # MiniLM-L6 hidden size
     num_classes: int = 1000  # ImageNet-1k

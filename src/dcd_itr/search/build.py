@@ -28,10 +28,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from dcd_itr.data.loading import load_split
+from dcd_itr.distributed import parse_shard, resolve_device
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
 from dcd_itr.io_utils import atomic_path, write_json_atomic
 from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
-from dcd_itr.search.index import create_index
+from dcd_itr.search.index import DEFAULT_BACKEND, INDEX_BACKENDS, create_index
 
 EMBEDDINGS_DIR = "embeddings"
 MANIFEST_FILE = "manifest.json"
@@ -251,3 +253,42 @@ def build_index(
     if merged:
         merge_shards(folder, backend, params)
     return BuildResult(folder, len(gallery), embedded, time.perf_counter() - started, merged)
+
+
+def index_build(
+    model: Path,
+    data: Path,
+    out: Path,
+    split: str = "test",  # the benchmark's gallery
+    side: str = "images",  # images -> text queries; captions -> image queries
+    backend: str = DEFAULT_BACKEND,  # exact inner product
+    params: dict[str, Any] | None = None,  # None -> the backend's defaults
+    batch_size: int = DEFAULT_BATCH_SIZE,  # see the constant's reason
+    shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
+    device: str = "cpu",  # "cuda" under torchrun means this rank's GPU
+    shard: str | None = None,  # None -> torchrun's RANK/WORLD_SIZE, else one process
+    progress: bool = True,  # tqdm bar
+) -> BuildResult:
+    """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``."""
+    if backend not in INDEX_BACKENDS:
+        raise ConfigError(f"unknown --backend {backend!r}; valid: {', '.join(INDEX_BACKENDS)}")
+    rank, world = parse_shard(shard)
+    gallery = Gallery.from_split(load_split(data, split), side, model, data)
+    result = build_index(
+        gallery, out, backend, params, rank, world, batch_size, shard_size, resolve_device(device), progress
+    )
+    if result.merged:
+        print(
+            f"{out}: {result.num_items} {side} indexed with {backend} ({result.embedded_items} embedded now)"
+        )
+    else:
+        print(
+            f"{out}: shard {rank}/{world} done; when every rank has finished run `dcd index merge --out {out}`"
+        )
+    return result
+
+
+def index_merge(out: Path, backend: str = DEFAULT_BACKEND, params: dict[str, Any] | None = None) -> Gallery:
+    gallery = merge_shards(out, backend, params)
+    print(f"{out}: {len(gallery)} {gallery.side} merged into a {backend} index")
+    return gallery

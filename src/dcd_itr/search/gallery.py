@@ -24,23 +24,11 @@ from typing import Any
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.io_utils import write_json_atomic
+from dcd_itr.models.registry import weights_fingerprint
 
 GALLERY_FILE = "gallery.json"
 SIDES = ("images", "captions")
 FORMAT_VERSION = 1
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of ``model_dir/model.safetensors``: identifies the exact weights that embedded a gallery."""
-    path = Path(model_dir) / "model.safetensors"
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: model weights not found (is {model_dir} a model folder?)") from None
-    return digest.hexdigest()
 
 
 def is_dual_encoder(model: object) -> bool:
@@ -75,7 +63,7 @@ class Gallery:
             item_texts=list(split.captions) if side == "captions" else [],
             item_images=split.caption_to_image.tolist() if side == "captions" else [],
             model_dir=str(Path(model_dir).resolve()),
-            model_fingerprint=model_fingerprint(model_dir),
+            model_fingerprint=weights_fingerprint(model_dir),
             source={"data": str(Path(data).resolve()), "split": split.name},
         )
 

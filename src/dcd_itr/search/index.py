@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dcd_itr.config import parse_key_values
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.search.base import METADATA_FILE, VectorIndex, read_metadata
 from dcd_itr.search.faiss_backends import FaissHNSWIndex, FaissIndex, FaissIVFFlatIndex, FaissIVFPQIndex
@@ -66,13 +67,7 @@ def load_index(folder: str | Path) -> VectorIndex:
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     """``["m=16", "ef_search=64", "uri=http://h:19530"]`` -> ``{"m": 16, "ef_search": 64, "uri": "http://..."}``."""
-    params: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param {pair!r}: expected NAME=VALUE")
-        params[key.replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
-    return params
+    return {key.replace("-", "_"): value for key, value in parse_key_values(pairs, "--param").items()}
 
 
 __all__ = ["DEFAULT_BACKEND", "INDEX_BACKENDS", "VectorIndex", "create_index", "load_index", "parse_params"]

@@ -186,7 +186,8 @@ def build_synthetic_index(
 ) -> Path:
     """``folder/index``: ``num_vectors`` random unit vectors in a faiss-flat index, searchable by the tiny model
     in ``folder/dual`` (same dimension); the gallery's image files do not exist (text search never reads them)."""
-    from dcd_itr.search.gallery import Gallery, model_fingerprint
+    from dcd_itr.models.registry import weights_fingerprint
+    from dcd_itr.search.gallery import Gallery
     from dcd_itr.search.index import create_index
 
     folder = Path(folder)
@@ -205,7 +206,7 @@ def build_synthetic_index(
         item_texts=[],
         item_images=[],
         model_dir=str(model_dir.resolve()),
-        model_fingerprint=model_fingerprint(model_dir),
+        model_fingerprint=weights_fingerprint(model_dir),
         source={"data": "synthetic random unit vectors", "split": json.dumps({"seed": seed})},
     )
     gallery.save(out)

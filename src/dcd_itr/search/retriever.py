@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from dcd_itr.errors import CacheMismatchError, ConfigError, DcdError
+from dcd_itr.interfaces import FeatureBatch, concat_features, slice_features
 from dcd_itr.models.end_to_end import EndToEnd
-from dcd_itr.models.interfaces import FeatureBatch, concat_features, slice_features
-from dcd_itr.search.gallery import Gallery, is_dual_encoder, model_fingerprint
+from dcd_itr.models.registry import weights_fingerprint
+from dcd_itr.search.gallery import Gallery, is_dual_encoder
 from dcd_itr.search.index import load_index
 
 DEFAULT_K = 10  # one screen of results
@@ -78,7 +79,7 @@ class Retriever:
         self._image_cache_size = image_cache_size
         self._load_index()
         self.model_dir = Path(model_dir or self.gallery.model_dir)
-        found = model_fingerprint(self.model_dir)
+        found = weights_fingerprint(self.model_dir)
         if found != self.gallery.model_fingerprint:
             raise CacheMismatchError(
                 f"{self.folder} was built by the model with fingerprint {self.gallery.model_fingerprint[:16]}, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,9 @@ from torch import nn
 
 from dcd_itr.config import config_to_dict, save_config
 from dcd_itr.data.dataset import RetrievalSplit
-from dcd_itr.data.loading import load_split
 from dcd_itr.errors import ConfigError
-from dcd_itr.evaluate import encode_all, score_all_pairs
-from dcd_itr.features import FeatureStore
-from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
-from dcd_itr.models.interfaces import FeatureBatch
+from dcd_itr.evaluate.models import cross_metrics, dual_metrics
+from dcd_itr.features import SplitFeatures
 from dcd_itr.train import recover_checkpoint
 
 
@@ -45,23 +41,6 @@ def prepare_run_dir(config: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, saved)
     return out
-
-
-@dataclass
-class SplitFeatures:
-    """A split and the cached features a model needs, keyed ``"<view>.<name>"``."""
-
-    split: RetrievalSplit
-    images: FeatureBatch  # (N, ...) per key
-    texts: FeatureBatch  # (M, ...) per key
-
-
-def load_split_features(
-    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
-) -> SplitFeatures:
-    split = load_split(data, split_name)
-    store = FeatureStore(features, split)
-    return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))
 
 
 def seed_initial_weights(seed: int) -> None:
@@ -97,16 +76,12 @@ def image_caption_batches(
 
 @torch.inference_mode()
 def validate_dual(model: nn.Module, features: SplitFeatures) -> dict[str, float]:
-    images = encode_all(model.encode_images, features.images, batch_size=1024)["embedding"]
-    texts = encode_all(model.encode_texts, features.texts, batch_size=1024)["embedding"]
-    split = features.split
-    return rank_dual(images, texts, split.caption_to_image, caption_texts=split.captions)
+    """The validation split's full-ranking metrics, exactly as `dcd eval` computes them."""
+    return dual_metrics(model, features)
 
 
 @torch.inference_mode()
 def validate_cross(model: nn.Module, features: SplitFeatures, progress: bool = False) -> dict[str, float]:
-    images = encode_all(model.encode_images, features.images, batch_size=256)
-    texts = encode_all(model.encode_texts, features.texts, batch_size=256)
-    scores = score_all_pairs(model, images, texts, text_block=features.split.num_captions, progress=progress)
-    split = features.split
-    return recall_at_k_from_scores(scores.scores, split.caption_to_image, caption_texts=split.captions)
+    """As `dcd eval` ranks a cross-encoder, with every caption of the (small) validation split in one block."""
+    metrics, _ = cross_metrics(model, features, text_block=features.split.num_captions, progress=progress)
+    return metrics

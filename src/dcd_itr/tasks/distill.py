@@ -14,7 +14,7 @@ The teacher is a saved fusion cross-encoder folder (it reads the feature cache) 
 ``bridgetower:ID``, ``blip-itm:ID``, ``python:MODULE:NAME``): a plug-in scores the pools on raw images and
 caption strings, while the student still trains on cached features. Teacher and student run on
 ``train.device`` (``auto``: CUDA when present). Under ``torchrun`` (the command joins the process group, see
-:mod:`dcd_itr.commands.train`) each rank scores its share of every pool, the shares are summed across ranks, and
+:mod:`dcd_itr.distributed`) each rank scores its share of every pool, the shares are summed across ranks, and
 training is data-parallel.
 """
 
@@ -34,26 +34,25 @@ from dcd_itr.data.same_text import TextGroups
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.distill.losses import build_loss
 from dcd_itr.distill.pools import DIRECTIONS, Pools, score_pools, score_pools_by_image
-from dcd_itr.distill.teacher import Teacher, load_frozen_teacher, resolve_device
+from dcd_itr.distill.teacher import Teacher, load_frozen_teacher
 from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
+from dcd_itr.distributed import distributed_context, resolve_device
 from dcd_itr.errors import ConfigError
-from dcd_itr.features import split_fingerprint
+from dcd_itr.features import SplitFeatures, load_split_features, split_fingerprint
+from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import cut_student
-from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
-    SplitFeatures,
     epoch_generator,
-    load_split_features,
     prepare_run_dir,
     seed_initial_weights,
     validate_cross,
     validate_dual,
 )
-from dcd_itr.train import TrainConfig, Trainer, TrainResult, distributed_context
+from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
 
 @dataclass

@@ -13,12 +13,12 @@ import torch
 
 from dcd_itr.data.same_text import TextGroups
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
+from dcd_itr.features import load_split_features
+from dcd_itr.interfaces import slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
-from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
     image_caption_batches,
-    load_split_features,
     prepare_run_dir,
     seed_initial_weights,
     validate_dual,

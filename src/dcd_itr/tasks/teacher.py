@@ -19,14 +19,14 @@ import torch
 
 from dcd_itr.distill.contrastive import ListwiseRankingLoss
 from dcd_itr.distill.pools import DIRECTIONS, build_pools
+from dcd_itr.features import load_split_features
+from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.models.dual import DualConfig
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
-from dcd_itr.models.interfaces import slice_features
 from dcd_itr.models.registry import load_model, save_model_description
 from dcd_itr.tasks.common import (
     epoch_generator,
-    load_split_features,
     prepare_run_dir,
     seed_initial_weights,
     validate_cross,

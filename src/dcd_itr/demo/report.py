@@ -92,11 +92,11 @@ class ReportInputs:
     plot: Path  # speed_plot.png
     speed_markdown: Path  # speed.md
     examples_sheet: Path  # the example-query contact sheet
-    examples: list[dict[str, Any]]  # report.examples.correct_positions rows
+    examples: list[dict[str, Any]]  # demo.examples.correct_positions rows
     example_k: int
     configs: dict[str, Path]  # stage -> the config.yaml it saved
-    environment: dict[str, Any]  # report.environment.describe_machine(), taken when the speed stage ran
-    packages: dict[str, str]  # report.environment.package_versions(), same moment
+    environment: dict[str, Any]  # demo.environment.describe_machine(), taken when the speed stage ran
+    packages: dict[str, str]  # demo.environment.package_versions(), same moment
     stages: list[dict[str, Any]]  # {"name", "seconds", "finished"} of each stage's computation in use
     search_commands: list[str]
     command: str = "dcd demo"  # how the demo was started

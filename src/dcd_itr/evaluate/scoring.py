@@ -30,6 +30,13 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.interfaces import (
+    CrossEncoder,
+    FeatureBatch,
+    concat_features,
+    feature_batch_size,
+    slice_features,
+)
 from dcd_itr.io_utils import atomic_path, write_json_atomic
 from dcd_itr.metrics import (
     BLOCK_SIZE,
@@ -39,13 +46,6 @@ from dcd_itr.metrics import (
     first_stage_candidates,
     metrics_from_ranks,
     similarity_blocks,
-)
-from dcd_itr.models.interfaces import (
-    CrossEncoder,
-    FeatureBatch,
-    concat_features,
-    feature_batch_size,
-    slice_features,
 )
 
 MANIFEST_FORMAT = "dcd-itr/score-shards/v1"  # names the folder's layout, in case it ever changes

@@ -1,0 +1,80 @@
+"""The demo's first stages: the data (built or reused), its preview sheet, the feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dcd_itr import __version__
+from dcd_itr.data.emoji import DATASET_FILENAME, build_emoji_dataset, emoji_dataset_is_current
+from dcd_itr.data.emoji_source import find_font
+from dcd_itr.data.loading import load_dataset, resolve_dataset_file
+from dcd_itr.data.preview import split_contact_sheet
+from dcd_itr.data.statistics import dataset_statistics
+from dcd_itr.demo.ledger import digest, file_digest
+from dcd_itr.demo.plan import DemoRun
+from dcd_itr.features import cache_features
+from dcd_itr.io_utils import file_sha256
+
+
+def build_or_reuse_emoji(data_dir: Path, seed: int, fresh: bool) -> Path:
+    if not fresh and emoji_dataset_is_current(data_dir, seed):
+        print(f"  reusing {data_dir / DATASET_FILENAME} (same font and seed)")
+        return data_dir / DATASET_FILENAME
+    return build_emoji_dataset(data_dir, seed=seed)
+
+
+def data_stage(run: DemoRun) -> None:
+    """Build (or reuse) the emoji benchmark, or take ``plan.dataset``; print its statistics."""
+    if run.plan.dataset is None:
+        run.data_arg = run.data_dir
+        dataset_path = Path(
+            run.ledger.run(
+                "data",
+                {"font": file_sha256(find_font()), "seed": run.seed, "builder": __version__},
+                lambda: build_or_reuse_emoji(run.data_dir, run.seed, run.fresh),
+                outputs=[run.data_dir / DATASET_FILENAME],
+                check=lambda _: emoji_dataset_is_current(run.data_dir, run.seed),
+            )
+        )
+    else:
+        run.data_arg, dataset_path = run.plan.dataset, resolve_dataset_file(run.plan.dataset)
+    run.data_fingerprint = file_sha256(dataset_path)
+    run.splits, _ = load_dataset(dataset_path)
+    print(dataset_statistics(run.splits))
+
+
+def preview_stage(run: DemoRun) -> None:
+    test_sheet = run.results_dir / "test_contact_sheet.png"
+    run.ledger.run(
+        "preview",
+        {"data": run.data_fingerprint},
+        lambda: str(split_contact_sheet(run.splits["test"], test_sheet)),
+        outputs=[test_sheet],
+    )
+
+
+def features_stage(run: DemoRun) -> dict[str, str]:
+    """Cache the plan's views; returns the upstream fingerprints every training stage depends on."""
+    plan = run.plan
+    manifests = run.ledger.run(
+        "features",
+        {
+            "data": run.data_fingerprint,
+            "image_views": plan.image_views,
+            "text_views": plan.text_views,
+            "dtype": plan.storage_dtype,
+        },
+        lambda: [
+            str(result.directory / "manifest.json")
+            for result in cache_features(
+                run.data_arg,
+                run.cache_dir,
+                plan.image_views,
+                plan.text_views,
+                storage_dtype=plan.storage_dtype,
+                progress=plan.progress,
+            )
+        ],
+        outputs=lambda result: [Path(path) for path in result],
+    )
+    return {"data": run.data_fingerprint, "features": digest({path: file_digest(path) for path in manifests})}
