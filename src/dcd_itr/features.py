@@ -20,6 +20,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.base import ImageTower, TextTower
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view, view_key
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.feature_rows import ShardedRows, read_safetensors_header, read_tensors_checked
 from dcd_itr.interfaces import FeatureBatch, concat_features
 from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
 
@@ -191,19 +193,46 @@ def build_feature_cache(
     return CacheResult(directory, len(items), encoded, time.perf_counter() - start)
 
 
-def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> FeatureBatch:
-    """All rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``)."""
+def _read_shard_tensors(path: Path, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """Every tensor of a shard, or only ``names`` (the rest streamed through the checksum, never held: see
+    :func:`~dcd_itr.feature_rows.read_tensors_checked`); checked against the shard's checksum either way."""
+    if names is None:
+        return load_checked(path)[0]
+    return read_tensors_checked(path, tuple(names))
+
+
+def load_feature_cache(
+    directory: Path,
+    dtype: torch.dtype = torch.float32,
+    names: Sequence[str] | None = None,  # e.g. ("pooled",): a dual student never reads token states
+    lazy: bool = False,  # True: ShardedRows per name, rows read from disk when indexed (token states per batch)
+) -> FeatureBatch:
+    """The rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``).
+
+    ``names`` restricts what is held to those tensors (the rest of each shard is only hashed); ``lazy`` returns
+    :class:`~dcd_itr.feature_rows.ShardedRows` that read rows on demand, so memory is bounded by a batch.
+    """
+    directory = Path(directory)
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
         raise CorruptFileError(
             directory / "manifest.json", "cache is incomplete; rerun `dcd features` to finish"
         )
     num_shards = -(-manifest["num_items"] // manifest["shard_size"])
+    if lazy:
+        paths = [_shard_path(directory, index) for index in range(num_shards)]
+        rows = [
+            min(manifest["shard_size"], manifest["num_items"] - i * manifest["shard_size"])
+            for i in range(num_shards)
+        ]
+        if names is None:
+            names = [key for key in read_safetensors_header(paths[0])[1] if key != "__metadata__"]
+        return {name: ShardedRows(paths, name, rows, dtype) for name in names}
     batches = []
     for index in range(num_shards):
         path = _shard_path(directory, index)
         try:
-            shard, _ = load_checked(path)
+            shard = _read_shard_tensors(path, names)
         except (SafetensorError, OSError, ValueError) as error:
             raise CorruptFileError(
                 path, f"cannot read feature shard ({error}); delete it and rerun"
@@ -223,8 +252,16 @@ class FeatureStore:
     fingerprint in each manifest must match the split, so features can never be paired with the wrong rows.
     """
 
-    def __init__(self, cache_root: Path, split: RetrievalSplit, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        cache_root: Path,
+        split: RetrievalSplit,
+        dtype: torch.dtype = torch.float32,
+        names: Sequence[str] | None = None,  # e.g. ("pooled",) for a dual student; None -> every tensor
+        lazy: bool = False,  # rows read from disk per batch (see load_feature_cache)
+    ) -> None:
         self.cache_root, self.split, self.dtype = Path(cache_root), split, dtype
+        self.names, self.lazy = (tuple(names) if names is not None else None), lazy
         self._loaded: dict[str, FeatureBatch] = {}
 
     def _load(self, kind: str, view: str) -> FeatureBatch:
@@ -243,7 +280,7 @@ class FeatureStore:
                 raise CacheMismatchError(
                     f"{directory}: cached for a different version of the {self.split.name} split"
                 )
-            features = load_feature_cache(directory, self.dtype)
+            features = load_feature_cache(directory, self.dtype, self.names, self.lazy)
             self._loaded[key] = {f"{view}.{name}": value for name, value in features.items()}
         return self._loaded[key]
 
@@ -300,10 +337,19 @@ class SplitFeatures:
     texts: FeatureBatch  # (M, ...) per key
 
 
+POOLED_ONLY = ("pooled",)  # what a dual student reads: its split's token states never leave the disk
+
+
 def load_split_features(
-    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
+    data: Path,
+    features: Path,
+    split_name: str,
+    image_views: list[str],
+    text_views: list[str],
+    names: tuple[str, ...] | None = None,  # POOLED_ONLY for dual students; None -> every cached tensor
+    lazy: bool = False,  # True: rows read from disk per batch (cross-encoders' token states)
 ) -> SplitFeatures:
     """Split ``split_name`` of the dataset at ``data`` with the cached features of the given views."""
     split = load_split(data, split_name)
-    store = FeatureStore(features, split)
+    store = FeatureStore(features, split, names=names, lazy=lazy)
     return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))

@@ -8,6 +8,7 @@ import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
+from dcd_itr.commands.index import add_runtime_option
 from dcd_itr.errors import ConfigError
 from dcd_itr.search.retriever import DEFAULT_K, Retriever, SearchResult
 
@@ -49,13 +50,14 @@ def run_search(
     model: Path | None = None,  # None -> the model folder recorded in the index
     device: str = "cpu",  # "cuda" where present
     as_json: bool = False,  # a table for people, JSON for programs
+    runtime: str = "torch",  # "onnx": the dual model is an export folder (dcd export --onnx)
 ) -> SearchResult:
     """Run one query and print the hits as a table or as JSON."""
     if (query is None) == (image is None):
         raise ConfigError("give either a text query or --image PATH (not both)")
     if rerank and cross is None:
         raise ConfigError("--rerank needs --cross MODEL_DIR (the compressed cross-encoder)")
-    retriever = Retriever(index, model, cross if rerank else None, device)
+    retriever = Retriever(index, model, cross if rerank else None, device, runtime=runtime)
     if query is not None:
         result = retriever.search_text(query, k, rerank)
     else:
@@ -99,8 +101,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_runtime_option(parser)
     parser.set_defaults(
         handler=lambda a: run_search(
-            a.index, a.query, a.image, a.k, a.rerank, a.cross, a.model, a.device, a.json
+            a.index, a.query, a.image, a.k, a.rerank, a.cross, a.model, a.device, a.json, a.runtime
         )
     )

@@ -31,8 +31,9 @@ from tqdm import tqdm
 from dcd_itr.data.loading import load_split
 from dcd_itr.distributed import parse_shard, resolve_device
 from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError, short_repr
+from dcd_itr.export.runtime import DEFAULT_RUNTIME, check_runtime, load_dual_encoder
 from dcd_itr.io_utils import atomic_path, write_json_atomic
-from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
+from dcd_itr.search.gallery import GALLERY_FILE, Gallery
 from dcd_itr.search.index import DEFAULT_BACKEND, INDEX_BACKENDS, create_index
 
 EMBEDDINGS_DIR = "embeddings"
@@ -97,18 +98,15 @@ def embed_shards(
     shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
     device: str = "cpu",  # "cuda" / "cuda:N" where present
     progress: bool = True,  # tqdm bar over items
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": embed with onnxruntime from an export folder (dcd export --onnx)
 ) -> int:
     """Embed this rank's missing shards of ``gallery`` with its dual model; returns the items embedded."""
-    from dcd_itr.models.end_to_end import EndToEnd  # local: loading towers pulls in transformers
-
     _prepare_manifest(folder, gallery, shard_size)
     ranges = shard_ranges(len(gallery), shard_size)
     todo = [s for s in range(rank, len(ranges), world) if not shard_path(folder, s).exists()]
     if not todo:
         return 0
-    encoder = EndToEnd.load(gallery.model_dir, device)
-    if not is_dual_encoder(encoder.model):
-        raise ConfigError(f"{gallery.model_dir} is not a dual encoder; an index needs one")
+    encoder = load_dual_encoder(gallery.model_dir, runtime, device)  # torch model or ONNX export folder
     total = sum(ranges[s][1] - ranges[s][0] for s in todo)
     with tqdm(total=total, unit="item", desc=f"embedding {gallery.side}", disable=not progress) as bar:
         for shard in todo:
@@ -257,6 +255,7 @@ def build_index(
     shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
     device: str = "cpu",  # "cuda" / "cuda:N" where present
     progress: bool = True,  # tqdm bar over items
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": embed with onnxruntime from an export folder (dcd export --onnx)
 ) -> BuildResult:
     """Embed (resuming) and, for a single-process run, merge into a searchable index folder."""
     started = time.perf_counter()
@@ -267,7 +266,7 @@ def build_index(
     if reused is not None:  # same gallery, same model: only the backend is rebuilt
         _write_index(folder, gallery, reused[0], backend, params)
         return BuildResult(folder, len(gallery), 0, time.perf_counter() - started, True)
-    embedded = embed_shards(gallery, folder, rank, world, batch_size, shard_size, device, progress)
+    embedded = embed_shards(gallery, folder, rank, world, batch_size, shard_size, device, progress, runtime)
     merged = world == 1
     if merged:
         merge_shards(folder, backend, params)
@@ -287,14 +286,26 @@ def index_build(
     device: str = "cpu",  # "cuda" under torchrun means this rank's GPU
     shard: str | None = None,  # None -> torchrun's RANK/WORLD_SIZE, else one process
     progress: bool = True,  # tqdm bar
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": ``model`` is an export folder (dcd export --onnx)
 ) -> BuildResult:
     """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``."""
     if backend not in INDEX_BACKENDS:
         raise ConfigError(f"unknown --backend {backend!r}; valid: {', '.join(INDEX_BACKENDS)}")
+    check_runtime(runtime)
     rank, world = parse_shard(shard)
     gallery = Gallery.from_split(load_split(data, split), side, model, data)
     result = build_index(
-        gallery, out, backend, params, rank, world, batch_size, shard_size, resolve_device(device), progress
+        gallery,
+        out,
+        backend,
+        params,
+        rank,
+        world,
+        batch_size,
+        shard_size,
+        resolve_device(device),
+        progress,
+        runtime,
     )
     if result.merged:
         print(

@@ -23,12 +23,21 @@ from typing import Any
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.errors import ConfigError, CorruptFileError
+from dcd_itr.export.manifest import exported_model_fingerprint, is_onnx_export
 from dcd_itr.io_utils import write_json_atomic
-from dcd_itr.models.registry import weights_fingerprint
+from dcd_itr.models.registry import WEIGHTS_FILE, weights_fingerprint
 
 GALLERY_FILE = "gallery.json"
 SIDES = ("images", "captions")
 FORMAT_VERSION = 1
+
+
+def dual_fingerprint(model_dir: str | Path) -> str:
+    """The weights fingerprint of a dual model folder, or of the model an ONNX export folder was made from (its
+    manifest records it), so an index built through either runtime accepts queries from the other."""
+    if not (Path(model_dir) / WEIGHTS_FILE).exists() and is_onnx_export(model_dir):
+        return exported_model_fingerprint(model_dir)
+    return weights_fingerprint(model_dir)
 
 
 def is_dual_encoder(model: object) -> bool:
@@ -63,7 +72,7 @@ class Gallery:
             item_texts=list(split.captions) if side == "captions" else [],
             item_images=split.caption_to_image.tolist() if side == "captions" else [],
             model_dir=str(Path(model_dir).resolve()),
-            model_fingerprint=weights_fingerprint(model_dir),
+            model_fingerprint=dual_fingerprint(model_dir),
             source={
                 "data": str(Path(data).resolve()),
                 "split": split.name,

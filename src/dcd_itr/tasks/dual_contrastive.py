@@ -57,8 +57,10 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
     seed_initial_weights(config.train.seed)
     model = DualEncoderModel(config.model)
     views = (model.image_views, model.text_views)
-    train = load_split_features(Path(config.data), Path(config.features), "train", *views)
-    val = load_split_features(Path(config.data), Path(config.features), "val", *views)
+    train = load_split_features(
+        Path(config.data), Path(config.features), "train", *views, model.feature_names
+    )
+    val = load_split_features(Path(config.data), Path(config.features), "val", *views, model.feature_names)
     save_model_description(model, out / "best")
     loss = SymmetricInfoNCELoss()
 
