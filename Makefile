@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dcd-installed
-EXTRAS ?= dev,towers,serve,milvus
+EXTRAS ?= dev,towers,serve,milvus,onnx
 
 .PHONY: demo test test-fast lint install system-deps clean
 

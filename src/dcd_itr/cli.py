@@ -15,6 +15,7 @@ from dcd_itr.commands import bench as bench_commands
 from dcd_itr.commands import data as data_commands
 from dcd_itr.commands import demo as demo_commands
 from dcd_itr.commands import eval as eval_commands
+from dcd_itr.commands import export as export_commands
 from dcd_itr.commands import features as features_commands
 from dcd_itr.commands import index as index_commands
 from dcd_itr.commands import search as search_commands
@@ -29,6 +30,7 @@ COMMAND_MODULES = (
     train_commands,
     eval_commands,
     index_commands,
+    export_commands,
     search_commands,
     serve_commands,
     demo_commands,

@@ -9,7 +9,8 @@ Layout (one folder per *view* — a tower at one resolution — and split)::
 The manifest records the tower's fingerprint (name, resolution, package versions, dtype), the dataset
 fingerprint (ids, paths, file sizes / caption texts of the split), the shard size and the storage dtype. A later
 run with the same manifest reuses the cache; a different one is a :class:`CacheMismatchError` that says what
-differs. Shards are written atomically, so an interrupted run resumes from the last complete shard and no partial
+differs; a reused shard is checked against its checksum first, and a damaged one is encoded again. Shards are
+written atomically, so an interrupted run resumes from the last complete shard and no partial
 file is ever read as complete. ``complete: true`` is set once the last shard is written.
 """
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +30,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
-from dcd_itr.data.images import load_rgb
+from dcd_itr.data.image_check import drop_unreadable, load_record_image
 from dcd_itr.data.loading import load_dataset, load_split
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.base import ImageTower, TextTower
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view, view_key
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.feature_rows import ShardedRows, read_safetensors_header, read_tensors_checked
 from dcd_itr.interfaces import FeatureBatch, concat_features
 from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
 
@@ -122,6 +126,23 @@ def _shard_path(directory: Path, index: int) -> Path:
     return directory / f"shard-{index:05d}.safetensors"
 
 
+def _shard_reusable(directory: Path, index: int, shard_size: int, num_items: int) -> bool:
+    """Shard ``index`` is on disk, matches its checksum and has its rows; a damaged one is reported and redone
+    (a shard is a deterministic function of the manifest's inputs, so encoding it again is safe)."""
+    path = _shard_path(directory, index)
+    if not path.exists():
+        return False
+    expected = min(shard_size, num_items - index * shard_size)
+    try:
+        shard, _ = load_checked(path)
+        if not shard or any(value.shape[0] != expected for value in shard.values()):
+            raise ValueError(f"wrong number of rows (expected {expected})")
+    except (SafetensorError, OSError, ValueError) as error:
+        print(f"{path}: damaged ({error}); encoding it again", file=sys.stderr)
+        return False
+    return True
+
+
 def build_feature_cache(
     split: RetrievalSplit,
     tower: ImageTower | TextTower,
@@ -149,7 +170,7 @@ def build_feature_cache(
     dtype = getattr(torch, storage_dtype)
     items = split.image_paths if kind == "image" else split.captions
     num_shards = -(-len(items) // shard_size)
-    todo = [i for i in range(num_shards) if not _shard_path(directory, i).exists()]
+    todo = [i for i in range(num_shards) if not _shard_reusable(directory, i, shard_size, len(items))]
     start, encoded = time.perf_counter(), 0
     bar = tqdm(
         total=len(items), desc=f"{directory.parent.name}/{split.name}", unit=kind, disable=not progress
@@ -158,7 +179,8 @@ def build_feature_cache(
     for index in todo:
         chunk = items[index * shard_size : (index + 1) * shard_size]
         if kind == "image":
-            features = tower.encode([load_rgb(path) for path in chunk], batch_size=batch_size)
+            rows = range(index * shard_size, index * shard_size + len(chunk))
+            features = tower.encode([load_record_image(split, row) for row in rows], batch_size=batch_size)
         else:
             features = tower.encode(list(chunk), batch_size=batch_size, pad_to_max_length=True)
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in features.items()}
@@ -171,19 +193,46 @@ def build_feature_cache(
     return CacheResult(directory, len(items), encoded, time.perf_counter() - start)
 
 
-def load_feature_cache(directory: Path, dtype: torch.dtype = torch.float32) -> FeatureBatch:
-    """All rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``)."""
+def _read_shard_tensors(path: Path, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """Every tensor of a shard, or only ``names`` (the rest streamed through the checksum, never held: see
+    :func:`~dcd_itr.feature_rows.read_tensors_checked`); checked against the shard's checksum either way."""
+    if names is None:
+        return load_checked(path)[0]
+    return read_tensors_checked(path, tuple(names))
+
+
+def load_feature_cache(
+    directory: Path,
+    dtype: torch.dtype = torch.float32,
+    names: Sequence[str] | None = None,  # e.g. ("pooled",): a dual student never reads token states
+    lazy: bool = False,  # True: ShardedRows per name, rows read from disk when indexed (token states per batch)
+) -> FeatureBatch:
+    """The rows of a complete cache folder as one FeatureBatch (floats cast to ``dtype``).
+
+    ``names`` restricts what is held to those tensors (the rest of each shard is only hashed); ``lazy`` returns
+    :class:`~dcd_itr.feature_rows.ShardedRows` that read rows on demand, so memory is bounded by a batch.
+    """
+    directory = Path(directory)
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
         raise CorruptFileError(
             directory / "manifest.json", "cache is incomplete; rerun `dcd features` to finish"
         )
     num_shards = -(-manifest["num_items"] // manifest["shard_size"])
+    if lazy:
+        paths = [_shard_path(directory, index) for index in range(num_shards)]
+        rows = [
+            min(manifest["shard_size"], manifest["num_items"] - i * manifest["shard_size"])
+            for i in range(num_shards)
+        ]
+        if names is None:
+            names = [key for key in read_safetensors_header(paths[0])[1] if key != "__metadata__"]
+        return {name: ShardedRows(paths, name, rows, dtype) for name in names}
     batches = []
     for index in range(num_shards):
         path = _shard_path(directory, index)
         try:
-            shard, _ = load_checked(path)
+            shard = _read_shard_tensors(path, names)
         except (SafetensorError, OSError, ValueError) as error:
             raise CorruptFileError(
                 path, f"cannot read feature shard ({error}); delete it and rerun"
@@ -203,8 +252,16 @@ class FeatureStore:
     fingerprint in each manifest must match the split, so features can never be paired with the wrong rows.
     """
 
-    def __init__(self, cache_root: Path, split: RetrievalSplit, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        cache_root: Path,
+        split: RetrievalSplit,
+        dtype: torch.dtype = torch.float32,
+        names: Sequence[str] | None = None,  # e.g. ("pooled",) for a dual student; None -> every tensor
+        lazy: bool = False,  # rows read from disk per batch (see load_feature_cache)
+    ) -> None:
         self.cache_root, self.split, self.dtype = Path(cache_root), split, dtype
+        self.names, self.lazy = (tuple(names) if names is not None else None), lazy
         self._loaded: dict[str, FeatureBatch] = {}
 
     def _load(self, kind: str, view: str) -> FeatureBatch:
@@ -223,7 +280,7 @@ class FeatureStore:
                 raise CacheMismatchError(
                     f"{directory}: cached for a different version of the {self.split.name} split"
                 )
-            features = load_feature_cache(directory, self.dtype)
+            features = load_feature_cache(directory, self.dtype, self.names, self.lazy)
             self._loaded[key] = {f"{view}.{name}": value for name, value in features.items()}
         return self._loaded[key]
 
@@ -245,9 +302,14 @@ def cache_features(
     batch_size: int = TOWER_BATCH_SIZE,
     device: str = "cpu",
     progress: bool = True,
+    skip_bad_records: bool = False,  # True: skip (count, list) bad records and unreadable images
 ) -> list[CacheResult]:
     """Encode every requested split with every requested tower; reuse or resume what is cached."""
-    dataset, _ = load_dataset(data)
+    dataset, report = load_dataset(data, skip_bad_records=skip_bad_records)
+    if skip_bad_records:  # the cache then holds the readable images only: fix the listed ones before training
+        print(report.summary())
+        dataset, summary = drop_unreadable(dataset, splits, skip=True, progress=progress)
+        print(summary)
     results: list[CacheResult] = []
     towers = [build_image_tower(*parse_view(spec), device=device) for spec in image_encoders]
     for spec in text_encoders:
@@ -275,10 +337,19 @@ class SplitFeatures:
     texts: FeatureBatch  # (M, ...) per key
 
 
+POOLED_ONLY = ("pooled",)  # what a dual student reads: its split's token states never leave the disk
+
+
 def load_split_features(
-    data: Path, features: Path, split_name: str, image_views: list[str], text_views: list[str]
+    data: Path,
+    features: Path,
+    split_name: str,
+    image_views: list[str],
+    text_views: list[str],
+    names: tuple[str, ...] | None = None,  # POOLED_ONLY for dual students; None -> every cached tensor
+    lazy: bool = False,  # True: rows read from disk per batch (cross-encoders' token states)
 ) -> SplitFeatures:
     """Split ``split_name`` of the dataset at ``data`` with the cached features of the given views."""
     split = load_split(data, split_name)
-    store = FeatureStore(features, split)
+    store = FeatureStore(features, split, names=names, lazy=lazy)
     return SplitFeatures(split, store.image_features(image_views), store.text_features(text_views))

@@ -7,10 +7,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dcd_itr.export.runtime import DEFAULT_RUNTIME, RUNTIMES
 from dcd_itr.search.base import read_metadata
 from dcd_itr.search.build import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, index_build, index_merge
 from dcd_itr.search.gallery import SIDES, Gallery
 from dcd_itr.search.index import DEFAULT_BACKEND, INDEX_BACKENDS, parse_params
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--runtime {torch,onnx}`` (the library checks it again and names the valid values)."""
+    parser.add_argument(
+        "--runtime",
+        default=DEFAULT_RUNTIME,
+        choices=list(RUNTIMES),
+        help="torch (--model is a model folder) or onnx (--model is a `dcd export --onnx` folder); "
+        "default %(default)s",
+    )
 
 
 def index_info(index: Path) -> dict[str, Any]:
@@ -67,6 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     build.add_argument("--shard", help="RANK/WORLD: embed only this process's shards (default: torchrun env)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_option(build)
     build.set_defaults(
         handler=lambda a: index_build(
             a.model,
@@ -81,6 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             a.device,
             a.shard,
             not a.quiet,
+            a.runtime,
         )
     )
     merge = commands.add_parser(

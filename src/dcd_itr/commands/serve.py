@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from dcd_itr.commands.index import add_runtime_option
 from dcd_itr.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: nothing outside this machine can connect unless asked for
@@ -32,6 +33,7 @@ def serve(
     cors_origins: list[str] | None = None,
     device: str = "cpu",
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    runtime: str = "torch",  # "onnx": the dual model is an export folder (dcd export --onnx)
 ) -> None:
     """Load the index (and cross-encoder), then run uvicorn until interrupted."""
     try:
@@ -49,7 +51,10 @@ def serve(
         print(f"dcd serve: listening on {host}: reachable from other machines", file=sys.stderr)
         if not api_key:
             print("dcd serve: no --api-key: admin routes stay disabled", file=sys.stderr)
-    app = create_app(Retriever(index, model, cross, device), api_key=api_key, cors_origins=cors_origins)
+    retriever = Retriever(index, model, cross, device, runtime=runtime)
+    seconds = retriever.warm_up()  # the first burst of requests must not pay the models' cold start
+    print(f"dcd serve: models warmed up in {seconds:.1f} s", file=sys.stderr)
+    app = create_app(retriever, api_key=api_key, cors_origins=cors_origins)
     uvicorn.run(app, host=host, port=port, limit_concurrency=max_concurrency, log_level="info")
 
 
@@ -77,6 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY, help="default %(default)s connections"
     )
+    add_runtime_option(parser)
     parser.set_defaults(
         handler=lambda a: serve(
             a.index,
@@ -88,5 +94,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             a.cors_origin,
             a.device,
             a.max_concurrency,
+            a.runtime,
         )
     )

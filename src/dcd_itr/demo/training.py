@@ -6,14 +6,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dcd_itr.config import config_to_dict, load_config
 from dcd_itr.demo.plan import DemoRun, TrainedModels
 from dcd_itr.models.registry import weights_fingerprint
+from dcd_itr.tasks.common import changed_fields
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
+from dcd_itr.yaml_io import load_yaml_file
 
 
 def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
@@ -65,7 +65,7 @@ def _training_stage(
     def action() -> dict[str, str]:
         saved = out / "config.yaml"
         started = (out / "last" / "state.json").exists() and saved.exists()
-        if started and yaml.safe_load(saved.read_text(encoding="utf-8")) != resolved:  # another config's run
+        if started and changed_fields(load_yaml_file(saved), config):  # another config's run
             print(f"  {out} holds a run of another config: starting it over")
             shutil.rmtree(out)
         runner(config, progress=run.plan.progress)

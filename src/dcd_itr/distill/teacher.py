@@ -50,8 +50,8 @@ class Teacher:
         if self.raw_inputs:
             split = load_split(data, split_name)
             return split, ImageFiles(split.image_paths), list(split.captions)
-        cached = load_split_features(
-            data, features, split_name, self.model.image_views, self.model.text_views
+        cached = load_split_features(  # lazy: pools read token states per encode batch
+            data, features, split_name, self.model.image_views, self.model.text_views, lazy=True
         )
         return cached.split, cached.images, cached.texts
 

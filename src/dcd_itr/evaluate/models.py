@@ -16,7 +16,7 @@ import torch
 from dcd_itr.distill.teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
 from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score_all_pairs
-from dcd_itr.features import TOWER_BATCH_SIZE, SplitFeatures, load_split_features
+from dcd_itr.features import POOLED_ONLY, TOWER_BATCH_SIZE, SplitFeatures, load_split_features
 from dcd_itr.interfaces import FeatureBatch, is_cross_encoder, slice_features
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores
 from dcd_itr.models.registry import load_model, weights_fingerprint
@@ -70,7 +70,8 @@ def cross_metrics(
 
 
 def _features(model, data: Path, features: Path, split: str) -> SplitFeatures:
-    return load_split_features(data, features, split, model.image_views, model.text_views)
+    subset = {"lazy": True} if is_cross_encoder(model) else {"names": POOLED_ONLY}  # see load_split_features
+    return load_split_features(data, features, split, model.image_views, model.text_views, **subset)
 
 
 def evaluate_model(

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from dcd_itr.data.loading import load_split
 from dcd_itr.distributed import parse_shard, resolve_device
-from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
+from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError, short_repr
+from dcd_itr.export.runtime import DEFAULT_RUNTIME, check_runtime, load_dual_encoder
 from dcd_itr.io_utils import atomic_path, write_json_atomic
-from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
+from dcd_itr.search.gallery import GALLERY_FILE, Gallery
 from dcd_itr.search.index import DEFAULT_BACKEND, INDEX_BACKENDS, create_index
 
 EMBEDDINGS_DIR = "embeddings"
@@ -97,18 +98,15 @@ def embed_shards(
     shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
     device: str = "cpu",  # "cuda" / "cuda:N" where present
     progress: bool = True,  # tqdm bar over items
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": embed with onnxruntime from an export folder (dcd export --onnx)
 ) -> int:
     """Embed this rank's missing shards of ``gallery`` with its dual model; returns the items embedded."""
-    from dcd_itr.models.end_to_end import EndToEnd  # local: loading towers pulls in transformers
-
     _prepare_manifest(folder, gallery, shard_size)
     ranges = shard_ranges(len(gallery), shard_size)
     todo = [s for s in range(rank, len(ranges), world) if not shard_path(folder, s).exists()]
     if not todo:
         return 0
-    encoder = EndToEnd.load(gallery.model_dir, device)
-    if not is_dual_encoder(encoder.model):
-        raise ConfigError(f"{gallery.model_dir} is not a dual encoder; an index needs one")
+    encoder = load_dual_encoder(gallery.model_dir, runtime, device)  # torch model or ONNX export folder
     total = sum(ranges[s][1] - ranges[s][0] for s in todo)
     with tqdm(total=total, unit="item", desc=f"embedding {gallery.side}", disable=not progress) as bar:
         for shard in todo:
@@ -120,10 +118,29 @@ def embed_shards(
                     batch = encoder.encode_images([gallery.image_paths[r] for r in rows])
                 else:
                     batch = encoder.encode_texts([gallery.item_texts[r] for r in rows])
-                parts.append(batch["embedding"].float().cpu())  # (b, D)
+                parts.append(_finite(batch["embedding"].float().cpu(), gallery, batch_start))  # (b, D)
                 bar.update(len(rows))
             _write_shard(shard_path(folder, shard), torch.cat(parts), start, stop, gallery.model_fingerprint)
     return total
+
+
+def _finite(embedding: torch.Tensor, gallery: Gallery, first: int) -> torch.Tensor:
+    """``embedding`` (b, D) unless a row holds NaN or inf (NaN weights, say): an index of those would rank at
+    random, so the build stops naming the first such item and the model's weights."""
+    bad = (~torch.isfinite(embedding).all(dim=1)).nonzero().flatten()
+    if len(bad):
+        item = first + int(bad[0])
+        what = (
+            f"image {short_repr(gallery.image_ids[item])} ({gallery.image_paths[item]})"
+            if gallery.side == "images"
+            else f"caption {item} ({short_repr(gallery.item_texts[item])})"
+        )
+        raise CorruptFileError(
+            Path(gallery.model_dir) / "model.safetensors",
+            f"item {item}, {what}, is embedded as NaN or inf ({len(bad)} of this batch); the model's weights "
+            "hold NaN or overflow: retrain or restore them",
+        )
+    return embedding
 
 
 def _read_shard(path: Path, start: int, stop: int, fingerprint: str) -> np.ndarray:
@@ -238,6 +255,7 @@ def build_index(
     shard_size: int = DEFAULT_SHARD_SIZE,  # see the constant's reason
     device: str = "cpu",  # "cuda" / "cuda:N" where present
     progress: bool = True,  # tqdm bar over items
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": embed with onnxruntime from an export folder (dcd export --onnx)
 ) -> BuildResult:
     """Embed (resuming) and, for a single-process run, merge into a searchable index folder."""
     started = time.perf_counter()
@@ -248,7 +266,7 @@ def build_index(
     if reused is not None:  # same gallery, same model: only the backend is rebuilt
         _write_index(folder, gallery, reused[0], backend, params)
         return BuildResult(folder, len(gallery), 0, time.perf_counter() - started, True)
-    embedded = embed_shards(gallery, folder, rank, world, batch_size, shard_size, device, progress)
+    embedded = embed_shards(gallery, folder, rank, world, batch_size, shard_size, device, progress, runtime)
     merged = world == 1
     if merged:
         merge_shards(folder, backend, params)
@@ -268,14 +286,26 @@ def index_build(
     device: str = "cpu",  # "cuda" under torchrun means this rank's GPU
     shard: str | None = None,  # None -> torchrun's RANK/WORLD_SIZE, else one process
     progress: bool = True,  # tqdm bar
+    runtime: str = DEFAULT_RUNTIME,  # "onnx": ``model`` is an export folder (dcd export --onnx)
 ) -> BuildResult:
     """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``."""
     if backend not in INDEX_BACKENDS:
         raise ConfigError(f"unknown --backend {backend!r}; valid: {', '.join(INDEX_BACKENDS)}")
+    check_runtime(runtime)
     rank, world = parse_shard(shard)
     gallery = Gallery.from_split(load_split(data, split), side, model, data)
     result = build_index(
-        gallery, out, backend, params, rank, world, batch_size, shard_size, resolve_device(device), progress
+        gallery,
+        out,
+        backend,
+        params,
+        rank,
+        world,
+        batch_size,
+        shard_size,
+        resolve_device(device),
+        progress,
+        runtime,
     )
     if result.merged:
         print(

@@ -82,7 +82,7 @@ def check_loopback(base_url: str) -> None:
 
 
 async def _client_loop(
-    client, queries: list[str], k: int, deadline: float, budget: list[int], result
+    client, queries: list[str], k: int, deadline: float, budget: list[int], result, rerank: int = 0
 ) -> None:
     """One client: send, wait for the answer, send the next, until the deadline or the shared budget is spent."""
     index = 0
@@ -92,14 +92,14 @@ async def _client_loop(
         index += 1
         started = time.perf_counter()
         try:
-            response = await client.post("/search/text", json={"query": query, "k": k})
+            response = await client.post("/search/text", json={"query": query, "k": k, "rerank": rerank})
             result.statuses[response.status_code] += 1
         except Exception as error:  # a refused or reset connection counts as an error, not a crash
             result.statuses[type(error).__name__] += 1
         result.latencies_ms.append(1000 * (time.perf_counter() - started))
 
 
-async def _run(base_url, queries, clients, seconds, max_requests, k, request_timeout) -> LoadResult:
+async def _run(base_url, queries, clients, seconds, max_requests, k, request_timeout, rerank=0) -> LoadResult:
     """The clients on one event loop, sharing one connection pool and one request budget."""
     import httpx
 
@@ -110,7 +110,7 @@ async def _run(base_url, queries, clients, seconds, max_requests, k, request_tim
         started = time.monotonic()
         deadline = started + seconds
         await asyncio.gather(
-            *(_client_loop(client, queries, k, deadline, budget, result) for _ in range(clients))
+            *(_client_loop(client, queries, k, deadline, budget, result, rerank) for _ in range(clients))
         )
         result.seconds = time.monotonic() - started
         return result
@@ -124,12 +124,13 @@ def run_load(
     max_requests: int = 100_000,  # count bound: whichever bound is reached first ends the test
     k: int = 10,  # results per query: one screen
     request_timeout: float = 30.0,  # a request slower than this counts as an error
+    rerank: int = 0,  # re-score the top ``rerank`` with the server's cross-encoder (0: the dual ranking alone)
 ) -> LoadResult:
     """Closed-loop load: each of ``clients`` sends its next query as soon as the previous one is answered."""
     check_loopback(base_url)
     if not queries:
         raise ValueError("give at least one query")
-    return asyncio.run(_run(base_url, queries, clients, seconds, max_requests, k, request_timeout))
+    return asyncio.run(_run(base_url, queries, clients, seconds, max_requests, k, request_timeout, rerank))
 
 
 def rss_bytes(pid: int) -> int:

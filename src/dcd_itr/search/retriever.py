@@ -21,14 +21,17 @@ import torch
 from PIL import Image
 
 from dcd_itr.errors import CacheMismatchError, ConfigError, DcdError
+from dcd_itr.export.runtime import check_runtime, load_dual_encoder
 from dcd_itr.interfaces import FeatureBatch, concat_features, slice_features
 from dcd_itr.models.end_to_end import EndToEnd
-from dcd_itr.models.registry import weights_fingerprint
-from dcd_itr.search.gallery import Gallery, is_dual_encoder
+from dcd_itr.search.gallery import Gallery, dual_fingerprint
 from dcd_itr.search.index import load_index
 
 DEFAULT_K = 10  # one screen of results
 DEFAULT_IMAGE_CACHE = 4096  # cross-encoder features of this many gallery images stay in memory (~50 MB fused)
+# ...and never more than this many bytes of them: raw token grids of a large tower are ~0.5 MB an image, where the
+# count bound alone would let the cache reach 2 GB (the service's memory growth under re-rank load)
+DEFAULT_IMAGE_CACHE_BYTES = 256 * 2**20
 
 
 class SearchError(DcdError, ValueError):
@@ -59,6 +62,10 @@ def _repeat(features: FeatureBatch, count: int) -> FeatureBatch:
     return {name: value.expand(count, *value.shape[1:]) for name, value in features.items()}
 
 
+def _nbytes(features: FeatureBatch) -> int:
+    return sum(value.nbytes for value in features.values())
+
+
 class Retriever:
     """An index folder with its dual model and an optional cross-encoder for the cascade."""
 
@@ -69,6 +76,8 @@ class Retriever:
         cross_dir: str | Path | None = None,  # None -> no re-ranking
         device: str = "cpu",  # "cuda" where present
         image_cache_size: int = DEFAULT_IMAGE_CACHE,  # see the constant's reason
+        runtime: str = "torch",  # "onnx": the dual model is an export folder run by onnxruntime
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,  # see the constant's reason
     ) -> None:
         self.folder, self.device = Path(folder), device
         self.lock = threading.RLock()  # index reads vs deletes and reloads
@@ -77,27 +86,39 @@ class Retriever:
         self.model_lock = threading.Lock()
         self._image_cache: OrderedDict[int, FeatureBatch] = OrderedDict()
         self._image_cache_size = image_cache_size
+        self._image_cache_bytes_limit, self.image_cache_bytes = image_cache_bytes, 0
         self._load_index()
+        self.runtime = check_runtime(runtime)
         self.model_dir = Path(model_dir or self.gallery.model_dir)
-        found = weights_fingerprint(self.model_dir)
+        found = dual_fingerprint(self.model_dir)
         if found != self.gallery.model_fingerprint:
             raise CacheMismatchError(
                 f"{self.folder} was built by the model with fingerprint {self.gallery.model_fingerprint[:16]}, "
                 f"but {self.model_dir} has {found[:16]}: queries would not be comparable with the gallery; "
                 f"rebuild the index (dcd index build --model {self.model_dir}) or load the model that built it"
             )
-        self.dual = EndToEnd.load(self.model_dir, device)
-        if not is_dual_encoder(self.dual.model):
-            raise ConfigError(f"{self.model_dir} is not a dual encoder")
+        self.dual = load_dual_encoder(self.model_dir, runtime, device)
         self.cross = EndToEnd.load(cross_dir, device) if cross_dir else None
         if self.cross is not None and not hasattr(self.cross.model, "score_pairs"):
             raise ConfigError(f"{cross_dir} is not a cross-encoder; re-ranking needs one (score_pairs)")
+
+    def warm_up(self) -> float:
+        """Run one query through every model (dual and, when loaded, the cross-encoder's re-rank path) so that the
+        first requests do not pay for first-call kernel set-up and allocator growth; returns the seconds taken."""
+        started = time.perf_counter()
+        rerank = 1 if self.cross is not None and len(self.gallery) else 0
+        if self.gallery.side == "images":
+            self.search_text("warm up", k=1, rerank=rerank)
+        else:
+            self.search_image(Image.new("RGB", (64, 64), "grey"), k=1, rerank=rerank)
+        return time.perf_counter() - started
 
     def _load_index(self) -> None:
         gallery, index = Gallery.load(self.folder), load_index(self.folder)
         with self.lock:
             self.gallery, self.index = gallery, index
             self._image_cache.clear()
+            self.image_cache_bytes = 0
 
     def reload(self) -> None:
         """Re-read the index folder (after a rebuild by the same model)."""
@@ -218,8 +239,13 @@ class Retriever:
                 known[row] = {name: value.clone() for name, value in one.items()}  # free the batch tensor
         with self.lock:
             for row, features in known.items():
+                if row not in self._image_cache:
+                    self.image_cache_bytes += _nbytes(features)
                 self._image_cache[row] = features
                 self._image_cache.move_to_end(row)
-            while len(self._image_cache) > self._image_cache_size:
-                self._image_cache.popitem(last=False)
+            while self._image_cache and (
+                len(self._image_cache) > self._image_cache_size
+                or self.image_cache_bytes > self._image_cache_bytes_limit
+            ):
+                self.image_cache_bytes -= _nbytes(self._image_cache.popitem(last=False)[1])
         return concat_features([known[row] for row in rows])

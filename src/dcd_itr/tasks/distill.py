@@ -37,7 +37,7 @@ from dcd_itr.distill.teacher import Teacher, load_frozen_teacher
 from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
 from dcd_itr.distributed import distributed_context, resolve_device
 from dcd_itr.errors import ConfigError
-from dcd_itr.features import SplitFeatures, load_split_features, split_fingerprint
+from dcd_itr.features import POOLED_ONLY, SplitFeatures, load_split_features, split_fingerprint
 from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
@@ -250,11 +250,15 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     student.to(device)
     views = (student.image_views, student.text_views)
     reads = (lambda key: key.endswith(".pooled")) if config.student == "dual" else (lambda key: True)
+    # a dual reads pooled vectors only; a cross student's token states are read per batch (lazy)
+    subset = {"names": POOLED_ONLY} if config.student == "dual" else {"lazy": True}
     train = _on_device(
-        load_split_features(Path(config.data), Path(config.features), "train", *views), device, reads
+        load_split_features(Path(config.data), Path(config.features), "train", *views, **subset),
+        device,
+        reads,
     )
     val = _on_device(
-        load_split_features(Path(config.data), Path(config.features), "val", *views), device, reads
+        load_split_features(Path(config.data), Path(config.features), "val", *views, **subset), device, reads
     )
     save_model_description(student, out / "best")
     infonce = SymmetricInfoNCELoss()

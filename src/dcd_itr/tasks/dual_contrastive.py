@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
-from dcd_itr.features import load_split_features
+from dcd_itr.features import POOLED_ONLY, load_split_features
 from dcd_itr.interfaces import slice_features
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.registry import save_model_description
@@ -43,8 +43,8 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
     seed_initial_weights(config.train.seed)
     model = DualEncoderModel(config.model)
     views = (model.image_views, model.text_views)
-    train = load_split_features(Path(config.data), Path(config.features), "train", *views)
-    val = load_split_features(Path(config.data), Path(config.features), "val", *views)
+    train = load_split_features(Path(config.data), Path(config.features), "train", *views, POOLED_ONLY)
+    val = load_split_features(Path(config.data), Path(config.features), "val", *views, POOLED_ONLY)
     save_model_description(model, out / "best")
     loss = SymmetricInfoNCELoss()
 
