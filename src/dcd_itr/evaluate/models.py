@@ -70,7 +70,9 @@ def cross_metrics(
 
 
 def _features(model, data: Path, features: Path, split: str) -> SplitFeatures:
-    subset = {"lazy": True} if is_cross_encoder(model) else {"names": POOLED_ONLY}  # see load_split_features
+    # a position-aware dual also reads tokens + mask (its feature_names)
+    names = tuple(getattr(model, "feature_names", POOLED_ONLY))
+    subset = {"lazy": True} if is_cross_encoder(model) else {"names": names}  # see load_split_features
     return load_split_features(data, features, split, model.image_views, model.text_views, **subset)
 
 

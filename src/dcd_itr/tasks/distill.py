@@ -8,7 +8,10 @@ cache, so a DCD epoch costs about a plain student epoch. The student scores the 
 - ``dual``: a :class:`DualEncoderModel` on its own (cheap) views; logits are its scaled cosines; plus in-batch
   symmetric InfoNCE over the anchors' positive pairs with weight ``infonce_weight``;
 - ``cross``: a compressed cross-encoder cut from the teacher (half the fusion layers, first and last included),
-  the fusion layers at ``fusion_lr_multiplier`` times the base learning rate.
+  the fusion layers at ``fusion_lr_multiplier`` times the base learning rate; with ``cross_frozen`` only fusion
+  layers, poolers and head train, and ``cross_init: random`` is the control of the same shape
+  (:mod:`dcd_itr.models.cross_student`). A grounded teacher's student validates on ``val_twin_pairs`` twin pairs
+  with the twin scores.
 
 The teacher is a saved fusion cross-encoder folder (it reads the feature cache) or a plug-in spec (``vilt:ID``,
 ``bridgetower:ID``, ``blip-itm:ID``, ``python:MODULE:NAME``): a plug-in scores the pools on raw images and
@@ -37,11 +40,13 @@ from dcd_itr.distill.teacher import Teacher, load_frozen_teacher
 from dcd_itr.distill.teacher_cache import RoundScores, TeacherScoreCache, mine_round
 from dcd_itr.distributed import distributed_context, resolve_device
 from dcd_itr.errors import ConfigError
-from dcd_itr.features import POOLED_ONLY, SplitFeatures, load_split_features, split_fingerprint
+from dcd_itr.features import SplitFeatures, load_split_features, split_fingerprint
 from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
+from dcd_itr.models.cross_student import build_cross_student, student_parameter_groups
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import cut_student
+from dcd_itr.models.grounded import GroundedCrossEncoder
 from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
@@ -49,7 +54,13 @@ from dcd_itr.tasks.common import (
     prepare_run_dir,
     seed_initial_weights,
     validate_cross,
-    validate_dual,
+)
+from dcd_itr.tasks.cross_validation import grounded_validator
+from dcd_itr.tasks.twin_negatives import (
+    CpuClock,
+    split_twin_rows,
+    twin_pool_negatives,
+    validate_dual_with_twins,
 )
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
@@ -77,6 +88,9 @@ class DistillConfig:
     dual: DualConfig = field(default_factory=DualConfig)  # the dual student's architecture
     cross_layers: list[int] | None = None  # teacher fusion layers kept; None = half, spread, first and last
     fusion_lr_multiplier: float = 5.0  # reference recipe: fusion layers learn 5x faster
+    cross_frozen: bool = False  # True: only fusion, poolers, head train (DCD_SPEC); False: emoji recipe
+    cross_init: str = "cut"  # cut | random: the control of the same shape (needs cross_frozen)
+    val_twin_pairs: int | None = None  # grounded cross student: val twin pairs scored; None: all
     pool_size: int = 16  # P, the reference COCO setting
     num_candidates: int = 8  # K, the reference setting
     directions: list[str] = field(
@@ -86,6 +100,8 @@ class DistillConfig:
     rounds: int = 1  # mining rounds; epoch e uses round e % rounds
     anchors_per_batch: int = 64
     infonce_weight: float = 0.5  # beta: in-batch InfoNCE beside the candidate-list loss (dual only)
+    # scenes datasets: every pool holds the anchor's swapped twin (the teacher still picks the K-1 it keeps)
+    twin_negatives: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=1e-3, weight_decay=0.05))
 
@@ -156,9 +172,11 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
         pool_size=config.pool_size,
         num_candidates=config.num_candidates,
         directions=tuple(config.directions),
+        extra={"twin_negatives": True} if config.twin_negatives else None,
     )
     write_json_atomic(folder / "teacher.json", {"spec": teacher.spec, "fingerprint": teacher.fingerprint})
     scorer = _shared_across_ranks(score_pools_by_image if teacher.raw_inputs else score_pools)
+    twins = split_twin_rows(config.data, split) if config.twin_negatives else None
     started = time.perf_counter()
     rounds = [
         cache.get_or_build(
@@ -173,6 +191,7 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
                 config.num_candidates,
                 config.mining_seed,
                 r,
+                student_negatives=twin_pool_negatives(split, twins, direction) if twins else None,
                 scorer=scorer,
                 progress=progress,
             ),
@@ -208,6 +227,16 @@ def _pair_rows(direction: str, anchors: torch.Tensor, candidates: torch.Tensor):
     return (expanded, candidates) if direction == "image_to_text" else (candidates, expanded)
 
 
+def _encode_distinct(wrapped, features: SplitFeatures, image_rows: torch.Tensor, caption_rows: torch.Tensor):
+    """Embeddings (R, D) of image rows and caption rows (R,) each, every distinct row encoded once."""
+    distinct_images, image_index = torch.unique(image_rows, return_inverse=True)
+    distinct_captions, caption_index = torch.unique(caption_rows, return_inverse=True)
+    images, texts = wrapped(
+        slice_features(features.images, distinct_images), slice_features(features.texts, distinct_captions)
+    )
+    return images[image_index], texts[caption_index]
+
+
 def _on_device(features: SplitFeatures, device: str, keep: Callable[[str], bool]) -> SplitFeatures:
     """The feature keys the student reads, moved to ``device`` once (batches index them there)."""
 
@@ -238,20 +267,30 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         student = DualEncoderModel(config.dual)
         groups = [{"params": list(student.parameters())}]
     else:
-        student = cut_student(teacher.model, config.cross_layers)
-        student.requires_grad_(True)
-        fusion = list(student.layers.parameters())
-        fusion_ids = {id(p) for p in fusion}
-        groups = [
-            {"params": [p for p in student.parameters() if id(p) not in fusion_ids]},
-            {"params": fusion, "lr": config.train.lr * config.fusion_lr_multiplier},
-        ]
+        if config.cross_frozen:
+            student = build_cross_student(
+                teacher.model, config.cross_layers, config.cross_init, config.train.seed
+            )
+            groups = student_parameter_groups(student, config.train.lr, config.fusion_lr_multiplier)
+        elif config.cross_init != "cut":
+            raise ConfigError("cross_init: random is the frozen-parts control; set cross_frozen: true")
+        else:
+            student = cut_student(teacher.model, config.cross_layers)
+            student.requires_grad_(True)
+            fusion = list(student.layers.parameters())
+            fusion_ids = {id(p) for p in fusion}
+            groups = [
+                {"params": [p for p in student.parameters() if id(p) not in fusion_ids]},
+                {"params": fusion, "lr": config.train.lr * config.fusion_lr_multiplier},
+            ]
     del teacher  # the student never calls the teacher: its scores come from the cache
     student.to(device)
     views = (student.image_views, student.text_views)
-    reads = (lambda key: key.endswith(".pooled")) if config.student == "dual" else (lambda key: True)
-    # a dual reads pooled vectors only; a cross student's token states are read per batch (lazy)
-    subset = {"names": POOLED_ONLY} if config.student == "dual" else {"lazy": True}
+    # a dual student reads only what its heads use (pooled vectors, or tokens + mask); a cross student reads every
+    # tensor, its token states per batch (lazy)
+    names = tuple(student.feature_names) if config.student == "dual" else None
+    reads = lambda key: names is None or key.rsplit(".", 1)[-1] in names  # noqa: E731
+    subset = {"names": names} if config.student == "dual" else {"lazy": True}
     train = _on_device(
         load_split_features(Path(config.data), Path(config.features), "train", *views, **subset),
         device,
@@ -267,11 +306,15 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         direction, anchors, candidates, teacher_logits = batch
         teacher_logits = teacher_logits.to(device)  # (B, K)
         image_rows, caption_rows = _pair_rows(direction, anchors, candidates)  # (B, K) each
-        image_features = slice_features(train.images, image_rows.flatten())  # B*K rows
-        text_features = slice_features(train.texts, caption_rows.flatten())  # B*K rows
-        if config.student == "cross":
-            return loss(wrapped(image_features, text_features).reshape(candidates.shape), teacher_logits)
-        images, texts = wrapped(image_features, text_features)  # (B*K, D) each; heads are cheap to repeat
+        if config.student == "dual" and config.dual.attention is not None:
+            # attention poolers are not cheap to repeat: encode each distinct row once, (B*K, D) each
+            images, texts = _encode_distinct(wrapped, train, image_rows.flatten(), caption_rows.flatten())
+        else:
+            image_features = slice_features(train.images, image_rows.flatten())  # B*K rows
+            text_features = slice_features(train.texts, caption_rows.flatten())  # B*K rows
+            if config.student == "cross":
+                return loss(wrapped(image_features, text_features).reshape(candidates.shape), teacher_logits)
+            images, texts = wrapped(image_features, text_features)  # (B*K, D) each; heads are cheap to repeat
         images, texts = (
             images.reshape(*candidates.shape, -1),
             texts.reshape(*candidates.shape, -1),
@@ -282,7 +325,22 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         total = terms["loss"] + config.infonce_weight * contrastive["loss"]
         return {**terms, "loss": total, "infonce": contrastive["loss"].detach()}
 
-    validate = validate_dual if config.student == "dual" else validate_cross
+    if config.student == "dual":
+
+        def validate(model, features):
+            return validate_dual_with_twins(model, features, config.data)
+    else:
+        validate = validate_cross
+    if isinstance(student, GroundedCrossEncoder):
+        validate = grounded_validator(config.data, val, config.val_twin_pairs)
+    clock = CpuClock()
+
+    def validate_timed() -> dict[str, float]:
+        clock.pause()  # the training budget counts training steps only
+        metrics = {**validate(student, val), "train_cpu_minutes": clock.minutes}
+        clock.resume()
+        return metrics
+
     trainer = Trainer(student, groups, replace(config.train, device=device), out, progress)  # auto resolved
     started = time.perf_counter()
     result = trainer.fit(
@@ -290,7 +348,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
             rounds[epoch % len(rounds)], config.anchors_per_batch, config.train.seed, epoch
         ),
         step,
-        lambda: validate(student, val),
+        validate_timed,
     )
     write_json_atomic(
         out / "timing.json",
