@@ -17,6 +17,7 @@ from dcd_itr.config import load_config
 from dcd_itr.distributed import resolve_device, torchrun_process_group
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
+from dcd_itr.tasks.grounded_teacher import GroundedTeacherConfig, is_grounded_config, train_grounded_teacher
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
 
 
@@ -46,6 +47,15 @@ def run_train_dual(config_path: Path, overrides: list[str], progress: bool = Tru
 
 
 def run_train_teacher(config_path: Path, overrides: list[str], progress: bool = True):
+    if is_grounded_config(config_path):  # `kind: grounded`: the region cross-encoder of the scenes benchmark
+        grounded = load_config(config_path, GroundedTeacherConfig, overrides)
+        result = train_grounded_teacher(grounded, progress)
+        print(
+            f"grounded teacher: best epoch {result.best_epoch + 1}, val rsum "
+            f"{result.best_metrics.get('rsum', float('nan')):.1f}; model in {Path(grounded.out) / 'best'}, "
+            f"paths-only in {Path(grounded.out) / 'paths_only'}"
+        )
+        return result
     config = load_config(config_path, TeacherTrainingConfig, overrides)
     result = train_teacher(config, progress)
     print(
@@ -80,10 +90,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     teacher = subparsers.add_parser(
         "train-teacher",
-        help="train the fusion cross-encoder teacher (similarity paths pre-trained as duals, then fusion)",
+        help="train a cross-encoder teacher: the fusion teacher, or the grounded region teacher (`kind: grounded`)",
         description="Stage 1 trains each pooled-similarity path as an InfoNCE dual (reused when finished); stage 2 "
         "assembles the fusion cross-encoder (fusion term starting at zero) and trains it with a softmax ranking loss "
-        "over sampled negatives in both directions. Best model by val RSUM in OUT/best; resumable.",
+        "over sampled negatives in both directions. A config with `kind: grounded` trains the grounded region "
+        "cross-encoder of the scenes benchmark instead (alignment, then listwise lists holding the swapped twins). "
+        "Best model by val RSUM in OUT/best; resumable.",
     )
     add_config_arguments(teacher)
     teacher.set_defaults(handler=lambda a: run_train_teacher(a.config, a.overrides, not a.quiet))

@@ -19,6 +19,7 @@ from dcd_itr.encoders.base import ImageTower, MissingTowerPackageError, TextTowe
 from dcd_itr.encoders.efficientnet import EfficientNetLiteTower
 from dcd_itr.encoders.hf import HFImageTower, HFTextTower
 from dcd_itr.encoders.minilm import MiniLMTextTower
+from dcd_itr.encoders.regions import RegionTower, efficientnet_regions
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import ConfigError
 
@@ -29,6 +30,8 @@ IMAGE_TOWERS: dict[str, Callable[..., ImageTower]] = {
     "efficientnet-lite0": partial(EfficientNetLiteTower, "lite0"),
     "efficientnet-lite1": partial(EfficientNetLiteTower, "lite1"),
     "efficientnet-lite2": partial(EfficientNetLiteTower, "lite2"),
+    # one pooled feature per detected object (crop at SIZE px, default 96) + its box: the grounded teacher's view
+    "regions-efficientnet-lite0": partial(efficientnet_regions, "lite0"),
 }
 
 #: name -> factory(max_length=..., device=..., **options)
@@ -80,6 +83,7 @@ __all__ = [
     "ImageTower",
     "MiniLMTextTower",
     "MissingTowerPackageError",
+    "RegionTower",
     "TextTower",
     "build_image_tower",
     "build_text_tower",

@@ -15,11 +15,13 @@ from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.io_utils import file_sha256, load_checked, write_text_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
+from dcd_itr.models.grounded import GroundedConfig, GroundedCrossEncoder
 from dcd_itr.models.zeroshot import ZeroShotBridge, ZeroShotConfig
 
 MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
     "dual": (DualConfig, DualEncoderModel),
     "fusion": (FusionConfig, FusionCrossEncoder),
+    "grounded": (GroundedConfig, GroundedCrossEncoder),
     "zeroshot": (ZeroShotConfig, ZeroShotBridge),
 }
 
