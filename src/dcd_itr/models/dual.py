@@ -1,7 +1,8 @@
 """The dual encoder: image and caption are embedded independently and scored by a dot product.
 
-It works on cached tower outputs (the ``"<view>.pooled"`` vectors of a :class:`~dcd_itr.features.FeatureStore`),
-so training and gallery embedding never re-run a frozen tower; :mod:`dcd_itr.models.end_to_end` puts the towers
+It works on cached tower outputs (the ``"<view>.pooled"`` vectors of a :class:`~dcd_itr.features.FeatureStore`,
+or with ``attention`` set, the ``"<view>.tokens"`` / ``"<view>.mask"`` token states read by the position-aware
+poolers of :mod:`dcd_itr.models.positional`), so training and gallery embedding never re-run a frozen tower; :mod:`dcd_itr.models.end_to_end` puts the towers
 in front for raw images and strings.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.interfaces import FeatureBatch
+from dcd_itr.models.positional import AttentionPoolConfig, AttentionPoolEncoder
 
 
 @dataclass
@@ -29,6 +31,9 @@ class DualConfig:
     dropout: float = 0.1  # light regularisation: 1.3K training images overfit within ~75 steps
     init_temperature: float = 0.1  # beat 0.05 on emoji val (RSUM +20); learned afterwards
     max_logit_scale: float = 100.0  # CLIP's clamp, keeps the learned temperature from collapsing
+    # None: MLP heads over the pooled vectors (a bag of features); set: position-aware attention pooling over the
+    # image grid tokens and caption token states (models/positional.py), for relations such as "left of"
+    attention: AttentionPoolConfig | None = None
 
 
 class ProjectionHead(nn.Module):
@@ -48,15 +53,32 @@ class ProjectionHead(nn.Module):
 
 
 class DualEncoderModel(nn.Module):
-    """Projection heads over pooled tower features, L2-normalised, with a learnable logit scale."""
+    """Projection heads over pooled tower features (or position-aware poolers over token states when
+    ``config.attention`` is set), L2-normalised, with a learnable logit scale."""
 
     def __init__(self, config: DualConfig) -> None:
         super().__init__()
         self.config = config
-        self.image_head = ProjectionHead(
-            config.image_dim, config.hidden_dim, config.embed_dim, config.dropout
-        )
-        self.text_head = ProjectionHead(config.text_dim, config.hidden_dim, config.embed_dim, config.dropout)
+        if config.attention is None:
+            self.image_head = ProjectionHead(
+                config.image_dim, config.hidden_dim, config.embed_dim, config.dropout
+            )
+            self.text_head = ProjectionHead(
+                config.text_dim, config.hidden_dim, config.embed_dim, config.dropout
+            )
+        else:
+            attention = config.attention
+            self.image_head = AttentionPoolEncoder(
+                attention.image_token_dim,
+                config.embed_dim,
+                attention,
+                "grid",
+                config.dropout,
+                config.image_dim,
+            )
+            self.text_head = AttentionPoolEncoder(
+                config.text_dim, config.embed_dim, attention, "sequence", config.dropout, config.text_dim
+            )
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
 
     @property
@@ -68,16 +90,27 @@ class DualEncoderModel(nn.Module):
         return [self.config.text_view]
 
     @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The cached outputs this model reads from each view (``"<view>.<name>"`` keys)."""
+        if self.config.attention is None:
+            return ("pooled",)
+        return ("tokens", "mask", "pooled") if self.config.attention.pooled_path else ("tokens", "mask")
+
+    @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
+    def _head_inputs(self, features: FeatureBatch, view: str) -> list[torch.Tensor]:
+        """[pooled (B, C)] for the bag heads; [tokens (B, N, C), mask (B, N)(, pooled)] for the attention poolers."""
+        return [features[f"{view}.{name}"] for name in self.feature_names]
+
     def encode_images(self, images: FeatureBatch) -> FeatureBatch:
-        pooled = images[f"{self.config.image_view}.pooled"]  # (B, image_dim)
-        return {"embedding": F.normalize(self.image_head(pooled), dim=-1)}  # (B, embed_dim)
+        vectors = self.image_head(*self._head_inputs(images, self.config.image_view))  # (B, embed_dim)
+        return {"embedding": F.normalize(vectors, dim=-1)}
 
     def encode_texts(self, texts: FeatureBatch) -> FeatureBatch:
-        pooled = texts[f"{self.config.text_view}.pooled"]  # (B, text_dim)
-        return {"embedding": F.normalize(self.text_head(pooled), dim=-1)}  # (B, embed_dim)
+        vectors = self.text_head(*self._head_inputs(texts, self.config.text_view))  # (B, embed_dim)
+        return {"embedding": F.normalize(vectors, dim=-1)}
 
     def forward(self, images: FeatureBatch, texts: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Training entry point (what DistributedDataParallel wraps): embeddings (B, D) and (M, D)."""

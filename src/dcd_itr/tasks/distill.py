@@ -49,7 +49,12 @@ from dcd_itr.tasks.common import (
     prepare_run_dir,
     seed_initial_weights,
     validate_cross,
-    validate_dual,
+)
+from dcd_itr.tasks.twin_negatives import (
+    CpuClock,
+    split_twin_rows,
+    twin_pool_negatives,
+    validate_dual_with_twins,
 )
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
 
@@ -86,6 +91,8 @@ class DistillConfig:
     rounds: int = 1  # mining rounds; epoch e uses round e % rounds
     anchors_per_batch: int = 64
     infonce_weight: float = 0.5  # beta: in-batch InfoNCE beside the candidate-list loss (dual only)
+    # scenes datasets: every pool holds the anchor's swapped twin (the teacher still picks the K-1 it keeps)
+    twin_negatives: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=1e-3, weight_decay=0.05))
 
@@ -156,9 +163,11 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
         pool_size=config.pool_size,
         num_candidates=config.num_candidates,
         directions=tuple(config.directions),
+        extra={"twin_negatives": True} if config.twin_negatives else None,
     )
     write_json_atomic(folder / "teacher.json", {"spec": teacher.spec, "fingerprint": teacher.fingerprint})
     scorer = _shared_across_ranks(score_pools_by_image if teacher.raw_inputs else score_pools)
+    twins = split_twin_rows(config.data, split) if config.twin_negatives else None
     started = time.perf_counter()
     rounds = [
         cache.get_or_build(
@@ -173,6 +182,7 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
                 config.num_candidates,
                 config.mining_seed,
                 r,
+                student_negatives=twin_pool_negatives(split, twins, direction) if twins else None,
                 scorer=scorer,
                 progress=progress,
             ),
@@ -206,6 +216,16 @@ def _pair_rows(direction: str, anchors: torch.Tensor, candidates: torch.Tensor):
     """(image rows, caption rows), each (B, K), of the anchor x candidate pairs."""
     expanded = anchors[:, None].expand_as(candidates)
     return (expanded, candidates) if direction == "image_to_text" else (candidates, expanded)
+
+
+def _encode_distinct(wrapped, features: SplitFeatures, image_rows: torch.Tensor, caption_rows: torch.Tensor):
+    """Embeddings (R, D) of image rows and caption rows (R,) each, every distinct row encoded once."""
+    distinct_images, image_index = torch.unique(image_rows, return_inverse=True)
+    distinct_captions, caption_index = torch.unique(caption_rows, return_inverse=True)
+    images, texts = wrapped(
+        slice_features(features.images, distinct_images), slice_features(features.texts, distinct_captions)
+    )
+    return images[image_index], texts[caption_index]
 
 
 def _on_device(features: SplitFeatures, device: str, keep: Callable[[str], bool]) -> SplitFeatures:
@@ -249,7 +269,9 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     del teacher  # the student never calls the teacher: its scores come from the cache
     student.to(device)
     views = (student.image_views, student.text_views)
-    reads = (lambda key: key.endswith(".pooled")) if config.student == "dual" else (lambda key: True)
+    # a dual student reads only what its heads use (pooled vectors, or tokens + mask); a cross student all
+    names = student.feature_names if config.student == "dual" else None
+    reads = lambda key: names is None or key.rsplit(".", 1)[-1] in names  # noqa: E731
     train = _on_device(
         load_split_features(Path(config.data), Path(config.features), "train", *views), device, reads
     )
@@ -263,11 +285,15 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         direction, anchors, candidates, teacher_logits = batch
         teacher_logits = teacher_logits.to(device)  # (B, K)
         image_rows, caption_rows = _pair_rows(direction, anchors, candidates)  # (B, K) each
-        image_features = slice_features(train.images, image_rows.flatten())  # B*K rows
-        text_features = slice_features(train.texts, caption_rows.flatten())  # B*K rows
-        if config.student == "cross":
-            return loss(wrapped(image_features, text_features).reshape(candidates.shape), teacher_logits)
-        images, texts = wrapped(image_features, text_features)  # (B*K, D) each; heads are cheap to repeat
+        if config.student == "dual" and config.dual.attention is not None:
+            # attention poolers are not cheap to repeat: encode each distinct row once, (B*K, D) each
+            images, texts = _encode_distinct(wrapped, train, image_rows.flatten(), caption_rows.flatten())
+        else:
+            image_features = slice_features(train.images, image_rows.flatten())  # B*K rows
+            text_features = slice_features(train.texts, caption_rows.flatten())  # B*K rows
+            if config.student == "cross":
+                return loss(wrapped(image_features, text_features).reshape(candidates.shape), teacher_logits)
+            images, texts = wrapped(image_features, text_features)  # (B*K, D) each; heads are cheap to repeat
         images, texts = (
             images.reshape(*candidates.shape, -1),
             texts.reshape(*candidates.shape, -1),
@@ -278,7 +304,20 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         total = terms["loss"] + config.infonce_weight * contrastive["loss"]
         return {**terms, "loss": total, "infonce": contrastive["loss"].detach()}
 
-    validate = validate_dual if config.student == "dual" else validate_cross
+    if config.student == "dual":
+
+        def validate(model, features):
+            return validate_dual_with_twins(model, features, config.data)
+    else:
+        validate = validate_cross
+    clock = CpuClock()
+
+    def validate_timed() -> dict[str, float]:
+        clock.pause()  # the training budget counts training steps only
+        metrics = {**validate(student, val), "train_cpu_minutes": clock.minutes}
+        clock.resume()
+        return metrics
+
     trainer = Trainer(student, groups, replace(config.train, device=device), out, progress)  # auto resolved
     started = time.perf_counter()
     result = trainer.fit(
@@ -286,7 +325,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
             rounds[epoch % len(rounds)], config.anchors_per_batch, config.train.seed, epoch
         ),
         step,
-        lambda: validate(student, val),
+        validate_timed,
     )
     write_json_atomic(
         out / "timing.json",
