@@ -9,10 +9,14 @@ from typing import Any
 import yaml
 
 from dcd_itr.config import config_to_dict, load_config
-from dcd_itr.demo.plan import DemoRun, TrainedModels
+from dcd_itr.demo.ledger import file_digest
+from dcd_itr.demo.packaged import MANIFEST, PACKAGED_FILES, install_packaged_teacher
+from dcd_itr.demo.plan import DemoPlan, DemoRun, TrainedModels
+from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.models.registry import weights_fingerprint
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
+from dcd_itr.tasks.grounded_teacher import GroundedTeacherConfig, is_grounded_config, train_grounded_teacher
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
 
 
@@ -32,7 +36,7 @@ def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
         train_dual,
         "baseline_dual",
     )
-    teacher = train("teacher", plan.teacher_config, TeacherTrainingConfig, train_teacher, "teacher")
+    teacher = teacher_stage(run, upstream, train)
     students = {}
     for student, config_name in (("dual", plan.dual_config), ("cross", plan.cross_config)):
         students[student] = train(
@@ -45,6 +49,57 @@ def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
             upstream | {"teacher": teacher["weights"]},
         )
     return TrainedModels(baseline, teacher, students["dual"], students["cross"])
+
+
+def use_packaged_teacher(plan: DemoPlan) -> bool:
+    """The packaged teacher is used when the plan names one, it is there, and --retrain-teacher is off."""
+    folder = plan.packaged_teacher
+    if folder is None or plan.retrain_teacher:
+        return False
+    if not (Path(folder) / MANIFEST).is_file():
+        print(f"  no packaged teacher in {folder}: training one with {plan.configs / plan.teacher_config}")
+        return False
+    return True
+
+
+def teacher_stage(run: DemoRun, upstream: dict[str, str], train) -> dict[str, str]:
+    """The packaged teacher (checked and installed) or one trained by its config (fusion or grounded)."""
+    plan = run.plan
+    if use_packaged_teacher(plan):
+        return packaged_teacher_stage(run, Path(plan.packaged_teacher))
+    if is_grounded_config(plan.configs / plan.teacher_config):
+        record = train(
+            "teacher", plan.teacher_config, GroundedTeacherConfig, train_grounded_teacher, "teacher"
+        )
+        return record | {"paths_only": str(Path(record["best"]).parent / "paths_only")}
+    return train("teacher", plan.teacher_config, TeacherTrainingConfig, train_teacher, "teacher")
+
+
+def packaged_teacher_stage(run: DemoRun, folder: Path) -> dict[str, str]:
+    """Install the packaged teacher into RESULTS/teacher (best/, paths_only/, config.yaml from its manifest)."""
+    out = run.results_dir / "teacher"
+
+    def action() -> dict[str, str]:
+        manifest = install_packaged_teacher(folder, out, run.data_fingerprint)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(manifest.get("config"), sort_keys=False))
+        best = out / "best"
+        return {
+            "best": str(best),
+            "weights": weights_fingerprint(best),
+            "config": str(out / "config.yaml"),
+            "paths_only": str(out / "paths_only"),
+            "packaged": str(folder),
+            "command": manifest["command"],
+        }
+
+    packaged = {name: file_digest(folder / name) for name in (MANIFEST, *PACKAGED_FILES)}
+    return run.ledger.run(
+        "teacher (packaged)",
+        {"packaged": packaged, "data": run.data_fingerprint},
+        action,
+        outputs=[out / "best" / "model.safetensors", out / "paths_only" / "model.yaml", out / "config.yaml"],
+        clear=[out],
+    )
 
 
 def _training_stage(

@@ -24,6 +24,7 @@ from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import ConfigError
 
 HF_PREFIX = "hf:"
+REGIONS_PREFIX = "regions-"  # regions-<image tower>: that tower on each detected object's crop
 
 #: name -> factory(image_size=..., device=..., **options)
 IMAGE_TOWERS: dict[str, Callable[..., ImageTower]] = {
@@ -54,6 +55,9 @@ def build_image_tower(
     """Build a frozen image tower by registry name or ``hf:<path-or-hub-id>``; ``options`` go to its class."""
     if name.startswith(HF_PREFIX):
         return HFImageTower(name.removeprefix(HF_PREFIX), image_size=image_size, device=device, **options)
+    if name not in IMAGE_TOWERS and name.startswith(REGIONS_PREFIX):  # any tower run on detected crops
+        inner = build_image_tower(name.removeprefix(REGIONS_PREFIX), image_size=image_size, device=device)
+        return RegionTower(inner, **options)
     if name not in IMAGE_TOWERS:
         raise _unknown("image", name, IMAGE_TOWERS)
     return IMAGE_TOWERS[name](image_size=image_size, device=device, **options)

@@ -42,6 +42,7 @@ from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import cut_student
+from dcd_itr.models.grounded import GroundedCrossEncoder, cut_grounded_student
 from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
@@ -258,7 +259,8 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         student = DualEncoderModel(config.dual)
         groups = [{"params": list(student.parameters())}]
     else:
-        student = cut_student(teacher.model, config.cross_layers)
+        cut = cut_grounded_student if isinstance(teacher.model, GroundedCrossEncoder) else cut_student
+        student = cut(teacher.model, config.cross_layers)
         student.requires_grad_(True)
         fusion = list(student.layers.parameters())
         fusion_ids = {id(p) for p in fusion}
