@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from dcd_itr.distill.contrastive import ListwiseRankingLoss
+from dcd_itr.interfaces import expand_score_matrix, is_cross_encoder
 from dcd_itr.io_utils import with_checksum
 from dcd_itr.models.grounded import GroundedConfig, GroundedCrossEncoder, cut_grounded_student, paths_only
-from dcd_itr.interfaces import expand_score_matrix, is_cross_encoder
 from dcd_itr.models.registry import load_model, save_model_description
 
 IMAGE, TEXT = "regions-test@8", "text-test@6"

@@ -29,17 +29,18 @@ import torch
 import yaml
 from torch import nn
 
+from dcd_itr.data.scene_annotations import load_scene_annotations
 from dcd_itr.distill.contrastive import ListwiseRankingLoss, SymmetricInfoNCELoss
 from dcd_itr.errors import ConfigError
-from dcd_itr.evaluate import encode_all, score_all_pairs
+from dcd_itr.evaluate.models import cross_metrics
 from dcd_itr.features import SplitFeatures, load_split_features
 from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
-from dcd_itr.metrics import recall_at_k_from_scores
 from dcd_itr.models.grounded import GroundedConfig, GroundedCrossEncoder, paths_only
-from dcd_itr.models.registry import save_model_description
+from dcd_itr.models.registry import load_model, save_model_description
 from dcd_itr.tasks.common import epoch_generator, prepare_run_dir, seed_initial_weights
 from dcd_itr.train import TrainConfig, Trainer, TrainResult
+from dcd_itr.twins import twin_scores
 
 
 @dataclass
@@ -103,8 +104,6 @@ class SceneIndex:
 
     @classmethod
     def from_dataset(cls, data: Path, split) -> SceneIndex:
-        from dcd_itr.data.scene_annotations import load_scene_annotations
-
         annotations = load_scene_annotations(data, split.name)
         if len(annotations) != split.num_images:
             raise ConfigError(f"{data}: scene annotations do not match the {split.name} split")
@@ -207,32 +206,16 @@ def validation_subset(
     return SplitFeatures(subset, images, texts), subset_twin
 
 
-def twin_metrics(scores: torch.Tensor, split, twin: np.ndarray) -> dict[str, float]:
-    """The scenes benchmark's twin scores (text / image / group, %), when the metric module is present."""
-    try:
-        from dcd_itr.twins import twin_scores
-    except ImportError:  # the twin metric lands with the scenes benchmark
-        return {}
-    return twin_scores(scores, split, twin)
-
-
-@torch.inference_mode()
 def validate_grounded(
     model: GroundedCrossEncoder, features: SplitFeatures, twin: np.ndarray
 ) -> dict[str, float]:
-    images = encode_all(model.encode_images, features.images, batch_size=256)
-    texts = encode_all(model.encode_texts, features.texts, batch_size=256)
-    scores = score_all_pairs(model, images, texts, text_block=features.split.num_captions).scores
-    return {
-        **recall_at_k_from_scores(scores, features.split.caption_to_image),
-        **twin_metrics(scores, features.split, twin),
-    }
+    """R@K / RSUM and the twin scores of every pair of the (small) validation subset."""
+    metrics, result = cross_metrics(model, features, text_block=features.split.num_captions)
+    return {**metrics, **twin_scores(result.scores, features.split, twin)}
 
 
 def write_paths_only(out: Path) -> Path:
     """``OUT/paths_only``: the best weights with the fusion term removed (an evaluable model folder)."""
-    from dcd_itr.models.registry import load_model
-
     best = load_model(out / "best")
     folder = out / "paths_only"
     folder.mkdir(parents=True, exist_ok=True)
