@@ -8,7 +8,10 @@ cache, so a DCD epoch costs about a plain student epoch. The student scores the 
 - ``dual``: a :class:`DualEncoderModel` on its own (cheap) views; logits are its scaled cosines; plus in-batch
   symmetric InfoNCE over the anchors' positive pairs with weight ``infonce_weight``;
 - ``cross``: a compressed cross-encoder cut from the teacher (half the fusion layers, first and last included),
-  the fusion layers at ``fusion_lr_multiplier`` times the base learning rate.
+  the fusion layers at ``fusion_lr_multiplier`` times the base learning rate; with ``cross_frozen`` only fusion
+  layers, poolers and head train, and ``cross_init: random`` is the control of the same shape
+  (:mod:`dcd_itr.models.cross_student`). A grounded teacher's student validates on ``val_twin_pairs`` twin pairs
+  with the twin scores.
 
 The teacher is a saved fusion cross-encoder folder (it reads the feature cache) or a plug-in spec (``vilt:ID``,
 ``bridgetower:ID``, ``blip-itm:ID``, ``python:MODULE:NAME``): a plug-in scores the pools on raw images and
@@ -40,9 +43,10 @@ from dcd_itr.errors import ConfigError
 from dcd_itr.features import SplitFeatures, load_split_features, split_fingerprint
 from dcd_itr.interfaces import slice_features
 from dcd_itr.io_utils import write_json_atomic
+from dcd_itr.models.cross_student import build_cross_student, student_parameter_groups
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import cut_student
-from dcd_itr.models.grounded import GroundedCrossEncoder, cut_grounded_student
+from dcd_itr.models.grounded import GroundedCrossEncoder
 from dcd_itr.models.plugins import parse_spec
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.tasks.common import (
@@ -51,6 +55,7 @@ from dcd_itr.tasks.common import (
     seed_initial_weights,
     validate_cross,
 )
+from dcd_itr.tasks.cross_validation import grounded_validator
 from dcd_itr.tasks.twin_negatives import (
     CpuClock,
     split_twin_rows,
@@ -83,6 +88,9 @@ class DistillConfig:
     dual: DualConfig = field(default_factory=DualConfig)  # the dual student's architecture
     cross_layers: list[int] | None = None  # teacher fusion layers kept; None = half, spread, first and last
     fusion_lr_multiplier: float = 5.0  # reference recipe: fusion layers learn 5x faster
+    cross_frozen: bool = False  # True: only fusion, poolers, head train (DCD_SPEC); False: emoji recipe
+    cross_init: str = "cut"  # cut | random: the control of the same shape (needs cross_frozen)
+    val_twin_pairs: int | None = None  # grounded cross student: val twin pairs scored; None: all
     pool_size: int = 16  # P, the reference COCO setting
     num_candidates: int = 8  # K, the reference setting
     directions: list[str] = field(
@@ -259,15 +267,22 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         student = DualEncoderModel(config.dual)
         groups = [{"params": list(student.parameters())}]
     else:
-        cut = cut_grounded_student if isinstance(teacher.model, GroundedCrossEncoder) else cut_student
-        student = cut(teacher.model, config.cross_layers)
-        student.requires_grad_(True)
-        fusion = list(student.layers.parameters())
-        fusion_ids = {id(p) for p in fusion}
-        groups = [
-            {"params": [p for p in student.parameters() if id(p) not in fusion_ids]},
-            {"params": fusion, "lr": config.train.lr * config.fusion_lr_multiplier},
-        ]
+        if config.cross_frozen:
+            student = build_cross_student(
+                teacher.model, config.cross_layers, config.cross_init, config.train.seed
+            )
+            groups = student_parameter_groups(student, config.train.lr, config.fusion_lr_multiplier)
+        elif config.cross_init != "cut":
+            raise ConfigError("cross_init: random is the frozen-parts control; set cross_frozen: true")
+        else:
+            student = cut_student(teacher.model, config.cross_layers)
+            student.requires_grad_(True)
+            fusion = list(student.layers.parameters())
+            fusion_ids = {id(p) for p in fusion}
+            groups = [
+                {"params": [p for p in student.parameters() if id(p) not in fusion_ids]},
+                {"params": fusion, "lr": config.train.lr * config.fusion_lr_multiplier},
+            ]
     del teacher  # the student never calls the teacher: its scores come from the cache
     student.to(device)
     views = (student.image_views, student.text_views)
@@ -312,6 +327,8 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
             return validate_dual_with_twins(model, features, config.data)
     else:
         validate = validate_cross
+    if isinstance(student, GroundedCrossEncoder):
+        validate = grounded_validator(config.data, val, config.val_twin_pairs)
     clock = CpuClock()
 
     def validate_timed() -> dict[str, float]:
