@@ -32,6 +32,7 @@ def _configs(root: Path, student_view: str, region_view: str, text_view: str) ->
     dual = {"image_view": student_view, "text_view": text_view, "image_dim": 32, "text_dim": 32}
     dual |= {"hidden_dim": 16, "embed_dim": 8}
     distill = {"pool_size": 6, "num_candidates": 3, "anchors_per_batch": 8, "twin_negatives": True}
+    cross = {"cross_frozen": True, "cross_init": "cut"}  # as configs/scenes_dcd_cross.yaml
     teacher_model = {"image_view": region_view, "text_view": text_view, "region_dim": 32, "text_dim": 32}
     teacher_model |= {"ground_dim": 8, "width": 16, "num_layers": 2, "num_heads": 2, "max_text_tokens": 16}
     configs = {
@@ -48,7 +49,7 @@ def _configs(root: Path, student_view: str, region_view: str, text_view: str) ->
             "train": {"epochs": 2, "lr": 0.003, "seed": 0, "checkpoint_every": 2},
         },
         "dual.yaml": {**distill, "student": "dual", "dual": dual, "train": {"epochs": 1, "lr": 0.01}},
-        "cross.yaml": {**distill, "student": "cross", "train": {"epochs": 1, "lr": 0.001}},
+        "cross.yaml": {**distill, **cross, "student": "cross", "train": {"epochs": 1, "lr": 0.001}},
     }
     folder = root / "configs"
     folder.mkdir()
@@ -219,5 +220,5 @@ def test_demo_command_picks_the_benchmark_and_its_folders():
     )
     with pytest.raises(ConfigError, match="--benchmark"):
         plan_for("coco")
-    for name in (scenes.baseline_config, scenes.teacher_config, scenes.dual_config):
+    for name in (scenes.baseline_config, scenes.teacher_config, scenes.dual_config, scenes.cross_config):
         assert (Path(__file__).parents[1] / "configs" / name).is_file(), name
