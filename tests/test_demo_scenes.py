@@ -222,3 +222,22 @@ def test_demo_command_picks_the_benchmark_and_its_folders():
         plan_for("coco")
     for name in (scenes.baseline_config, scenes.teacher_config, scenes.dual_config, scenes.cross_config):
         assert (Path(__file__).parents[1] / "configs" / name).is_file(), name
+
+
+def test_dcd_demo_package_teacher_reads_seed_and_data_from_the_run(tmp_path, monkeypatch):
+    from dcd_itr.cli import main
+
+    data = tmp_path / "data" / "dataset_scenes.json"
+    data.parent.mkdir()
+    data.write_text('{"images": []}')
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "model.safetensors").write_bytes(b"weights")
+    (run / "best" / "model.yaml").write_text("kind: grounded\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(data), "train": {"seed": 3}}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--package-teacher", str(run)]) == 0
+    manifest = verify_packaged_teacher(tmp_path / PACKAGED_TEACHER)
+    assert manifest["seed"] == 3 and manifest["data_fingerprint"] == file_sha256(data)
+    assert manifest["command"] == "dcd train-teacher --config configs/scenes_teacher.yaml"
+    assert manifest["config"]["train"]["seed"] == 3

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from dcd_itr.data.emoji import DEFAULT_SEED
 from dcd_itr.demo.outputs import DEFAULT_CACHE, DEFAULT_RESULTS
+from dcd_itr.demo.packaged import package_from_run
 from dcd_itr.demo.pipeline import demo
 from dcd_itr.demo.plan import BENCHMARKS, plan_for
+from dcd_itr.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,12 +55,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the teacher with its committed config instead of using the packaged one (scenes)",
     )
+    parser.add_argument(
+        "--package-teacher",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="instead of running: package a finished `dcd train-teacher` run (its best/ and config.yaml) as the "
+        "demo's shipped teacher (teachers/scenes_grounded: weights, model.yaml, manifest.json with sha256)",
+    )
+    parser.add_argument(
+        "--teacher-command",
+        default="dcd train-teacher --config configs/scenes_teacher.yaml",
+        help="with --package-teacher: the command that trained it, recorded in the manifest",
+    )
     parser.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> Path:
     benchmark = args.benchmark
     plan = plan_for(benchmark, retrain_teacher=args.retrain_teacher)
+    if args.package_teacher is not None:
+        if plan.packaged_teacher is None:
+            raise ConfigError(f"--benchmark {benchmark} has no packaged teacher")
+        manifest = package_from_run(args.package_teacher, plan.packaged_teacher, args.teacher_command)
+        print(f"packaged teacher written: {manifest}")
+        return manifest
     return demo(
         args.data_dir or Path(f"data/{benchmark}"),
         args.results or Path(DEFAULT_RESULTS[benchmark]),

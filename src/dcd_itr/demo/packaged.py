@@ -122,3 +122,17 @@ def package_teacher(
     }
     write_json_atomic(folder / MANIFEST, manifest)
     return folder / MANIFEST
+
+
+def package_from_run(run_dir: Path, folder: Path, command: str, notes: str = "") -> Path:
+    """:func:`package_teacher` with the seed and the dataset read from the run's saved ``config.yaml``."""
+    from dcd_itr.data.loading import resolve_dataset_file
+
+    saved = Path(run_dir) / "config.yaml"
+    try:
+        config = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        seed, data = int(config["train"]["seed"]), config["data"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{saved}: cannot read the run's seed and data ({error})") from None
+    fingerprint = file_sha256(resolve_dataset_file(data))
+    return package_teacher(run_dir, folder, command, seed, fingerprint, notes)
