@@ -241,3 +241,27 @@ def test_dcd_demo_package_teacher_reads_seed_and_data_from_the_run(tmp_path, mon
     assert manifest["seed"] == 3 and manifest["data_fingerprint"] == file_sha256(data)
     assert manifest["command"] == "dcd train-teacher --config configs/scenes_teacher.yaml"
     assert manifest["config"]["train"]["seed"] == 3
+
+
+def test_a_finished_run_is_not_retrained_for_fields_added_since_at_their_defaults(tmp_path):
+    from dcd_itr.demo.training import default_tree, only_new_defaults, recorded_config
+    from dcd_itr.tasks.teacher import TeacherTrainingConfig
+
+    defaults = {"lr": 0.1, "twin": False, "model": {"width": 8, "attention": None}}
+    old = {"lr": 0.2, "model": {"width": 16}}
+    assert only_new_defaults(
+        old, {"lr": 0.2, "twin": False, "model": {"width": 16, "attention": None}}, defaults
+    )
+    assert not only_new_defaults(
+        old, {"lr": 0.2, "twin": True, "model": {"width": 16}}, defaults
+    )  # not default
+    assert not only_new_defaults(old, {"lr": 0.3, "twin": False, "model": {"width": 16}}, defaults)  # changed
+    assert not only_new_defaults(old, {"twin": False, "model": {"width": 16}}, defaults)  # a field removed
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(old))
+    new = {"lr": 0.2, "twin": False, "model": {"width": 16}}
+    assert recorded_config(new, saved, defaults) == old  # fingerprinted as the finished run recorded it
+    assert recorded_config({"lr": 0.5}, saved, defaults) == {"lr": 0.5}
+    assert recorded_config(new, tmp_path / "none.yaml", defaults) == new
+    # a list of sub-configs (the fusion teacher's similarity paths) gets the defaults of one entry
+    assert isinstance(default_tree(TeacherTrainingConfig)["paths"][0], dict)

@@ -75,13 +75,15 @@ def evaluate_and_speed_stage(run: DemoRun, models: TrainedModels) -> dict[str, A
         return {"environment": environment, "packages": packages}
 
     students = {"dual": models.dual, "cross": models.cross, "teacher": models.teacher}
+    # scenes-only inputs are added only there, so a finished emoji run keeps the fingerprints it was recorded with
+    scenes_inputs = {"paths_only": file_digest(Path(paths_only) / "model.yaml")} if paths_only else {}
     return run.ledger.run(
         "evaluate + speed (test split, from raw images)",
         {
             "data": run.data_fingerprint,
             "models": {role: stage["weights"] for role, stage in students.items()},
             "baseline": models.baseline["weights"],
-            "paths_only": file_digest(Path(paths_only) / "model.yaml") if paths_only else None,
+            **scenes_inputs,
             "settings": {
                 "split": bench.split,
                 "cascade_ks": bench.cascade_ks,
@@ -165,7 +167,7 @@ def examples_stage(run: DemoRun) -> dict[str, Any]:
             "data": run.data_fingerprint,
             "rankings": file_digest(top_path),
             "queries": run.plan.example_queries,
-            "twins": run.plan.has_twins,
+            **({"twins": True} if run.plan.has_twins else {}),  # emoji: the fingerprint it was recorded with
         },
         examples_action,
         outputs=[sheet],
@@ -236,8 +238,12 @@ def report_stage(
             "measured": measured,
             "examples": examples,
             "commands": commands,
-            "paths_only": file_digest(results / PATHS_ONLY_FILE),
-            "teacher_note": teacher_note,
+            # scenes only: a finished emoji run keeps the fingerprint it was recorded with
+            **(
+                {"paths_only": file_digest(results / PATHS_ONLY_FILE), "teacher_note": teacher_note}
+                if run.plan.has_twins
+                else {}
+            ),
         },
         report_action,
         outputs=[report_path],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,51 @@ def packaged_teacher_stage(run: DemoRun, folder: Path) -> dict[str, str]:
     )
 
 
+def only_new_defaults(old: Any, new: Any, defaults: Any) -> bool:
+    """``new`` equals ``old`` except for fields ``old`` lacks that hold their default (fields a newer version
+    added, e.g. an option that is off unless set): the same training run."""
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # e.g. a list of sub-configs
+        items = defaults if isinstance(defaults, list) and defaults else [None]
+        return all(
+            only_new_defaults(a, b, items[min(i, len(items) - 1)])
+            for i, (a, b) in enumerate(zip(old, new, strict=True))
+        )
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old == new
+    defaults = defaults if isinstance(defaults, dict) else {}
+    if not old.keys() <= new.keys():
+        return False
+    for key, value in new.items():
+        if key in old and not only_new_defaults(old[key], value, defaults.get(key)):
+            return False
+        if key not in old and (key not in defaults or value != defaults[key]):
+            return False
+    return True
+
+
+def default_tree(config_class: type) -> dict[str, Any]:
+    """The defaults of a dataclass config as plain data, a list of sub-configs given as ``[defaults of one]``."""
+    values = config_to_dict(config_class())
+    for name, hint in typing.get_type_hints(config_class).items():
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+            values[name] = [default_tree(args[0])]
+        elif dataclasses.is_dataclass(hint) and name in values:
+            values[name] = default_tree(hint)
+    return values
+
+
+def recorded_config(resolved: dict[str, Any], saved: Path, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The config a training stage is fingerprinted by: ``resolved``, or the one a finished run saved in
+    ``saved`` when the two differ only by fields added since at their defaults, so that upgrading the package
+    does not retrain a finished run whose behaviour the new fields leave unchanged."""
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return resolved
+    return old if old != resolved and only_new_defaults(old, resolved, defaults) else resolved
+
+
 def _training_stage(
     run: DemoRun,
     name: str,
@@ -115,7 +162,7 @@ def _training_stage(
     an unfinished run (no record) is resumed from its ``last/`` checkpoint by the command itself."""
     config = load_config(config_path, config_class, overrides)
     out = Path(config.out)
-    resolved = config_to_dict(config)
+    resolved = recorded_config(config_to_dict(config), out / "config.yaml", default_tree(config_class))
 
     def action() -> dict[str, str]:
         saved = out / "config.yaml"
