@@ -19,7 +19,13 @@ from dcd_itr.cli import build_parser
 from dcd_itr.demo import demo
 from dcd_itr.demo.examples import sheet_size
 from dcd_itr.demo.outputs import DEFAULT_CACHE, DEFAULT_RESULTS
-from dcd_itr.demo.packaged import MANIFEST, install_packaged_teacher, package_teacher, verify_packaged_teacher
+from dcd_itr.demo.packaged import (
+    MANIFEST,
+    install_packaged_teacher,
+    package_teacher,
+    records_fingerprint,
+    verify_packaged_teacher,
+)
 from dcd_itr.demo.plan import PACKAGED_TEACHER, plan_for, scenes_plan
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.io_utils import file_sha256
@@ -157,7 +163,7 @@ def test_scenes_demo_runs_every_stage_then_reuses_them_then_takes_the_packaged_t
 
     # package the trained teacher; the demo then installs it (checked) and reuses everything downstream
     packaged = root / "teachers" / "scenes_grounded"
-    data_fingerprint = file_sha256(root / "data" / "dataset_scenes.json")
+    data_fingerprint = records_fingerprint(root / "data" / "dataset_scenes.json")
     package_teacher(
         results / "teacher", packaged, "dcd train-teacher --config teacher.yaml", 0, data_fingerprint
     )
@@ -238,7 +244,7 @@ def test_dcd_demo_package_teacher_reads_seed_and_data_from_the_run(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--package-teacher", str(run)]) == 0
     manifest = verify_packaged_teacher(tmp_path / PACKAGED_TEACHER)
-    assert manifest["seed"] == 3 and manifest["data_fingerprint"] == file_sha256(data)
+    assert manifest["seed"] == 3 and manifest["data_fingerprint"] == records_fingerprint(data)
     assert manifest["command"] == "dcd train-teacher --config configs/scenes_teacher.yaml"
     assert manifest["config"]["train"]["seed"] == 3
 
@@ -265,3 +271,17 @@ def test_a_finished_run_is_not_retrained_for_fields_added_since_at_their_default
     assert recorded_config(new, tmp_path / "none.yaml", defaults) == new
     # a list of sub-configs (the fusion teacher's similarity paths) gets the defaults of one entry
     assert isinstance(default_tree(TeacherTrainingConfig)["paths"][0], dict)
+
+
+def test_records_fingerprint_ignores_the_info_block(tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    records = [{"filename": "x.png", "split": "test", "sentences": [{"raw": "a cat face above a pizza"}]}]
+    first.write_text(json.dumps({"info": {"debian_packages": {"fonts": "1"}}, "images": records}))
+    second.write_text(json.dumps({"images": records, "info": {"debian_packages": {"fonts": "2"}}}, indent=2))
+    assert records_fingerprint(first) == records_fingerprint(second)
+    records[0]["sentences"][0]["raw"] = "a pizza above a cat face"
+    second.write_text(json.dumps({"images": records}))
+    assert records_fingerprint(first) != records_fingerprint(second)
+    second.write_text("not json")
+    with pytest.raises(CorruptFileError, match=re.escape(str(second))):
+        records_fingerprint(second)

@@ -5,7 +5,7 @@ budget, so the demo starts from a published teacher the way users do. The folder
 ``teachers/scenes_grounded``) holds ``model.safetensors`` (<= 5 MB), ``model.yaml`` and ``manifest.json``::
 
     {"format": 1, "command": "dcd train-teacher --config configs/scenes_teacher.yaml ...", "config": {...},
-     "seed": 0, "data_fingerprint": "<sha256 of dataset_scenes.json it trained on>",
+     "seed": 0, "data_fingerprint": "<records_fingerprint of the dataset it trained on>",
      "files": {"model.safetensors": "<sha256>", "model.yaml": "<sha256>"}, "created": "...", "notes": "..."}
 
 :func:`install_packaged_teacher` verifies every listed file's sha256 (a mismatch or a missing file is a
@@ -17,6 +17,7 @@ demo's teacher folder with its paths-only twin. :func:`package_teacher` writes s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -32,6 +33,17 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 PACKAGED_FILES = ("model.safetensors", "model.yaml")
 MAX_WEIGHTS_BYTES = 5 * 2**20  # a checkpoint the repo can carry
+
+
+def records_fingerprint(dataset_path: Path) -> str:
+    """sha256 of the dataset's image records (splits, files, captions, objects, boxes, relations, twins), not of
+    its ``info`` block: the same benchmark built where another Debian package version is recorded matches."""
+    try:
+        payload = json.loads(Path(dataset_path).read_text(encoding="utf-8"))
+        records = payload["images"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CorruptFileError(dataset_path, f"not a Karpathy dataset ({error})") from None
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -74,7 +86,8 @@ def verify_packaged_teacher(folder: Path) -> dict[str, Any]:
 
 def install_packaged_teacher(folder: Path, run_dir: Path, data_fingerprint: str) -> dict[str, Any]:
     """Verify the packaged teacher in ``folder`` and copy it to ``run_dir/best`` (plus ``run_dir/paths_only``,
-    the same weights with the fusion term removed); returns the manifest."""
+    the same weights with the fusion term removed); ``data_fingerprint``: :func:`records_fingerprint` of the
+    dataset the demo built. Returns the manifest."""
     manifest = verify_packaged_teacher(folder)
     if manifest["data_fingerprint"] != data_fingerprint:
         raise ConfigError(
@@ -134,5 +147,5 @@ def package_from_run(run_dir: Path, folder: Path, command: str, notes: str = "")
         seed, data = int(config["train"]["seed"]), config["data"]
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
         raise ConfigError(f"{saved}: cannot read the run's seed and data ({error})") from None
-    fingerprint = file_sha256(resolve_dataset_file(data))
+    fingerprint = records_fingerprint(resolve_dataset_file(data))
     return package_teacher(run_dir, folder, command, seed, fingerprint, notes)

@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from dcd_itr.config import config_to_dict, load_config
+from dcd_itr.data.loading import resolve_dataset_file
 from dcd_itr.demo.ledger import file_digest
-from dcd_itr.demo.packaged import MANIFEST, PACKAGED_FILES, install_packaged_teacher
+from dcd_itr.demo.packaged import MANIFEST, PACKAGED_FILES, install_packaged_teacher, records_fingerprint
 from dcd_itr.demo.plan import DemoPlan, DemoRun, TrainedModels
 from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.models.registry import weights_fingerprint
@@ -82,7 +83,8 @@ def packaged_teacher_stage(run: DemoRun, folder: Path) -> dict[str, str]:
     out = run.results_dir / "teacher"
 
     def action() -> dict[str, str]:
-        manifest = install_packaged_teacher(folder, out, run.data_fingerprint)
+        dataset = resolve_dataset_file(run.data_arg)
+        manifest = install_packaged_teacher(folder, out, records_fingerprint(dataset))
         write_text_atomic(out / "config.yaml", yaml.safe_dump(manifest.get("config"), sort_keys=False))
         best = out / "best"
         return {
