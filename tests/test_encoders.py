@@ -108,7 +108,7 @@ def test_missing_package_names_the_pip_line(monkeypatch, module, tower, pip_name
 
 
 def test_hf_missing_checkpoint_does_not_download():
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="not a Hugging Face model"):  # a one-line error, not OSError
         build_text_tower("hf:no-such-org/no-such-model-dcd-itr")
 
 

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from dcd_itr.errors import ConfigError
+from dcd_itr.errors import ConfigError, short_repr, short_text
 from dcd_itr.io_utils import write_text_atomic
+from dcd_itr.yaml_io import load_yaml_file, load_yaml_text
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
                 return _convert(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {short_repr(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
@@ -62,7 +63,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if isinstance(annotation, type) and not (
         isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
     ):
-        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {short_repr(value)}")
     return value
 
 
@@ -71,7 +72,7 @@ def _build(cls: type[T], data: dict, where: str) -> T:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields, key=repr)  # YAML keys may be numbers or null: sort them as text
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown field(s) {short_repr(unknown)}; valid fields: {sorted(fields)}")
     values = {
         name: _convert(value, hints[name], f"{where}.{name}" if where else name)
         for name, value in data.items()
@@ -79,7 +80,7 @@ def _build(cls: type[T], data: dict, where: str) -> T:
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where or cls.__name__}: {error}") from None
+        raise ConfigError(f"{where or cls.__name__}: {short_text(str(error))}") from None
 
 
 def config_from_dict(cls: type[T], data: dict, source: str = "<config>") -> T:
@@ -93,14 +94,9 @@ def config_from_dict(cls: type[T], data: dict, source: str = "<config>") -> T:
 def load_config(path: str | Path, cls: type[T], overrides: list[str] | None = None) -> T:
     """Read YAML ``path`` into ``cls``, applying ``key.sub=value`` overrides (values parsed as YAML)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except (yaml.YAMLError, RecursionError) as error:
-        raise ConfigError(f"{path}: malformed YAML ({error})") from None
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for override in overrides or []:
@@ -117,16 +113,13 @@ def apply_override(data: dict, override: str, flag: str = "override") -> None:
     key, sep, raw = override.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
-        raise ConfigError(f"{flag} {override!r}: expected key.path=value (NAME=VALUE)")
+        raise ConfigError(f"{flag} {short_repr(override)}: expected key.path=value (NAME=VALUE)")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{flag} {override!r}: {part!r} is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{flag} {override!r}: the value is not valid YAML ({error})") from None
+            raise ConfigError(f"{flag} {short_repr(override)}: {short_repr(part)} is not a section")
+    node[parts[-1]] = load_yaml_text(raw, f"{flag} {short_repr(override)}")
 
 
 def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:

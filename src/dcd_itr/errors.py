@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
+
+MAX_REPR_CHARS = 120  # a value shown in an error message: enough to recognise it, never a flood
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 4, 4, 4, 4
+_repr.maxstring, _repr.maxother, _repr.maxlong = 60, 60, 40
+
+
+def short_repr(value: object, limit: int = MAX_REPR_CHARS) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters without building the full repr of a huge value."""
+    try:
+        text = _repr.repr(value)
+    except Exception:  # a value whose repr fails (should not happen for YAML/JSON data)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_text(text: str, limit: int = 300) -> str:
+    """``text`` cut to at most ``limit`` characters (for messages that embed another error's text)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DcdError(Exception):

@@ -9,7 +9,8 @@ Layout (one folder per *view* — a tower at one resolution — and split)::
 The manifest records the tower's fingerprint (name, resolution, package versions, dtype), the dataset
 fingerprint (ids, paths, file sizes / caption texts of the split), the shard size and the storage dtype. A later
 run with the same manifest reuses the cache; a different one is a :class:`CacheMismatchError` that says what
-differs. Shards are written atomically, so an interrupted run resumes from the last complete shard and no partial
+differs; a reused shard is checked against its checksum first, and a damaged one is encoded again. Shards are
+written atomically, so an interrupted run resumes from the last complete shard and no partial
 file is ever read as complete. ``complete: true`` is set once the last shard is written.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
-from dcd_itr.data.images import load_rgb
+from dcd_itr.data.image_check import drop_unreadable, load_record_image
 from dcd_itr.data.loading import load_dataset, load_split
 from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.base import ImageTower, TextTower
@@ -122,6 +124,23 @@ def _shard_path(directory: Path, index: int) -> Path:
     return directory / f"shard-{index:05d}.safetensors"
 
 
+def _shard_reusable(directory: Path, index: int, shard_size: int, num_items: int) -> bool:
+    """Shard ``index`` is on disk, matches its checksum and has its rows; a damaged one is reported and redone
+    (a shard is a deterministic function of the manifest's inputs, so encoding it again is safe)."""
+    path = _shard_path(directory, index)
+    if not path.exists():
+        return False
+    expected = min(shard_size, num_items - index * shard_size)
+    try:
+        shard, _ = load_checked(path)
+        if not shard or any(value.shape[0] != expected for value in shard.values()):
+            raise ValueError(f"wrong number of rows (expected {expected})")
+    except (SafetensorError, OSError, ValueError) as error:
+        print(f"{path}: damaged ({error}); encoding it again", file=sys.stderr)
+        return False
+    return True
+
+
 def build_feature_cache(
     split: RetrievalSplit,
     tower: ImageTower | TextTower,
@@ -149,7 +168,7 @@ def build_feature_cache(
     dtype = getattr(torch, storage_dtype)
     items = split.image_paths if kind == "image" else split.captions
     num_shards = -(-len(items) // shard_size)
-    todo = [i for i in range(num_shards) if not _shard_path(directory, i).exists()]
+    todo = [i for i in range(num_shards) if not _shard_reusable(directory, i, shard_size, len(items))]
     start, encoded = time.perf_counter(), 0
     bar = tqdm(
         total=len(items), desc=f"{directory.parent.name}/{split.name}", unit=kind, disable=not progress
@@ -158,7 +177,8 @@ def build_feature_cache(
     for index in todo:
         chunk = items[index * shard_size : (index + 1) * shard_size]
         if kind == "image":
-            features = tower.encode([load_rgb(path) for path in chunk], batch_size=batch_size)
+            rows = range(index * shard_size, index * shard_size + len(chunk))
+            features = tower.encode([load_record_image(split, row) for row in rows], batch_size=batch_size)
         else:
             features = tower.encode(list(chunk), batch_size=batch_size, pad_to_max_length=True)
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in features.items()}
@@ -245,9 +265,14 @@ def cache_features(
     batch_size: int = TOWER_BATCH_SIZE,
     device: str = "cpu",
     progress: bool = True,
+    skip_bad_records: bool = False,  # True: skip (count, list) bad records and unreadable images
 ) -> list[CacheResult]:
     """Encode every requested split with every requested tower; reuse or resume what is cached."""
-    dataset, _ = load_dataset(data)
+    dataset, report = load_dataset(data, skip_bad_records=skip_bad_records)
+    if skip_bad_records:  # the cache then holds the readable images only: fix the listed ones before training
+        print(report.summary())
+        dataset, summary = drop_unreadable(dataset, splits, skip=True, progress=progress)
+        print(summary)
     results: list[CacheResult] = []
     towers = [build_image_tower(*parse_view(spec), device=device) for spec in image_encoders]
     for spec in text_encoders:

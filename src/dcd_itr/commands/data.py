@@ -8,6 +8,7 @@ from pathlib import Path
 from dcd_itr.commands.data_scenes import add_scenes_parser
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.emoji import DEFAULT_SEED, build_emoji_dataset
+from dcd_itr.data.image_check import drop_unreadable
 from dcd_itr.data.loading import load_dataset
 from dcd_itr.data.preview import split_contact_sheet
 from dcd_itr.data.statistics import dataset_statistics
@@ -39,9 +40,13 @@ def data_stats(
     skip_bad_records: bool = False,
     preview: Path | None = None,
     split: str = "test",
+    check_images: bool = False,  # True: open and decode every image (slow on big datasets)
 ) -> dict[str, RetrievalSplit]:
     """Read any dataset, report what was read and skipped, and print its statistics."""
     splits, report = load_dataset(data, image_root=image_root, skip_bad_records=skip_bad_records)
+    if check_images:
+        splits, summary = drop_unreadable(splits, SPLITS, skip_bad_records)
+        print(summary)
     print(report.summary())
     print(dataset_statistics(splits))
     if preview is not None and split in splits:
@@ -96,6 +101,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument(
         "--split", default="test", choices=SPLITS, help="split for --preview (default %(default)s)"
     )
+    stats.add_argument(
+        "--check-images",
+        action="store_true",
+        help="also open and decode every image (header, size limit, pixels); slow on large datasets",
+    )
     stats.set_defaults(
-        handler=lambda a: data_stats(a.data, a.image_root, a.skip_bad_records, a.preview, a.split)
+        handler=lambda a: data_stats(
+            a.data, a.image_root, a.skip_bad_records, a.preview, a.split, a.check_images
+        )
     )

@@ -39,6 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=TOWER_BATCH_SIZE, help="tower batch size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--skip-bad-records",
+        action="store_true",
+        help="skip, count and list bad records and unreadable images instead of stopping at the first",
+    )
     parser.set_defaults(
         handler=lambda a: cache_features(
             a.data,
@@ -51,5 +56,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             a.batch_size,
             a.device,
             not a.quiet,
+            a.skip_bad_records,
         )
     )

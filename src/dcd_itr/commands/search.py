@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
 from dcd_itr.errors import ConfigError
 from dcd_itr.search.retriever import DEFAULT_K, Retriever, SearchResult
+
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters (ESC, BEL, CR...), line separators, lone surrogates and bidi overrides
+    shown as escapes (``\\x1b``, ``\\u202e``): a caption cannot move the cursor, ring the bell or reverse the
+    table. Joiners and variation selectors, which emoji sequences need, are kept."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs")
+        else ch
+        for ch in text
+    )
 
 
 def format_hits(result: SearchResult) -> str:
@@ -16,8 +31,9 @@ def format_hits(result: SearchResult) -> str:
     lines = [f"{'rank':>4} {'id':>7} {'score':>8} {'cross':>8}  {'image':<16} caption / path"]
     for hit in result.hits:
         cross = f"{hit.cross_score:8.3f}" if hit.cross_score is not None else f"{'-':>8}"
-        shown = hit.text if hit.text is not None else hit.path
-        lines.append(f"{hit.rank:>4} {hit.id:>7} {hit.score:8.4f} {cross}  {hit.image_id:<16} {shown}")
+        shown = terminal_safe(hit.text if hit.text is not None else str(hit.path))
+        image_id = terminal_safe(str(hit.image_id))
+        lines.append(f"{hit.rank:>4} {hit.id:>7} {hit.score:8.4f} {cross}  {image_id:<16} {shown}")
     timings = ", ".join(f"{name} {value:.1f} ms" for name, value in result.milliseconds.items())
     lines.append(f"({len(result.hits)} results; {timings})")
     return "\n".join(lines)

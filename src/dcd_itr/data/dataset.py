@@ -28,6 +28,7 @@ class RetrievalSplit:
     captions: list[str]  # M caption strings
     caption_to_image: np.ndarray  # (M,) int64 row into image_ids
     image_to_captions: list[list[int]] = field(init=False, repr=False)
+    image_root: Path | None = None  # the folder every image path is inside (None: not recorded)
 
     def __post_init__(self) -> None:
         if len(self.image_ids) != len(self.image_paths):
@@ -40,7 +41,9 @@ class RetrievalSplit:
         object.__setattr__(self, "image_to_captions", owners)
 
     @classmethod
-    def from_rows(cls, name: str, rows: list[tuple[str, Path, list[str]]]) -> RetrievalSplit:
+    def from_rows(
+        cls, name: str, rows: list[tuple[str, Path, list[str]]], image_root: Path | None = None
+    ) -> RetrievalSplit:
         """Build a split from ``(image_id, image_path, captions)`` rows, captions kept in the given order."""
         captions: list[str] = []
         owners: list[int] = []
@@ -53,6 +56,7 @@ class RetrievalSplit:
             image_paths=[image_path for _, image_path, _ in rows],
             captions=captions,
             caption_to_image=np.asarray(owners, dtype=np.int64),
+            image_root=image_root,
         )
 
     @property
@@ -77,4 +81,5 @@ class RetrievalSplit:
             image_paths=[self.image_paths[r] for r in image_rows],
             captions=captions,
             caption_to_image=np.asarray(owners, dtype=np.int64),
+            image_root=self.image_root,
         )

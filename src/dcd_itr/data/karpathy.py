@@ -9,7 +9,8 @@ Format (``dataset_coco.json``, ``dataset_flickr30k.json``, and our ``dataset_emo
                 ...],
      "dataset": "coco"}
 
-``restval`` counts as train. Image paths are ``image_root / filepath / filename``.
+``restval`` counts as train. Image paths are ``image_root / filepath / filename`` and must stay inside
+``image_root`` (see :mod:`dcd_itr.data.paths`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import json
 from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
+from dcd_itr.data.paths import check_image_file, contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
-from dcd_itr.errors import DataError
+from dcd_itr.errors import DataError, short_repr
 
 SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -38,7 +40,7 @@ def check_text(path: Path, value: str, field: str, where: str) -> str:
 
 def _image_record_name(index: int, record: object) -> str:
     filename = record.get("filename") if isinstance(record, dict) else None
-    return f"images[{index}]" + (f" ({filename!r})" if isinstance(filename, str) else "")
+    return f"images[{index}]" + (f" ({short_repr(filename)})" if isinstance(filename, str) else "")
 
 
 def _parse_image(
@@ -58,7 +60,9 @@ def _parse_image(
     check_text(path, filepath, "'filepath'", where)
     split = record.get("split")
     if split not in SPLIT_ALIASES:
-        raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)
+        raise DataError(
+            path, f"unknown split {short_repr(split)}; expected one of {sorted(SPLIT_ALIASES)}", where
+        )
     sentences = record.get("sentences")
     if not isinstance(sentences, list) or not sentences:
         raise DataError(path, "'sentences' must be a non-empty list", where)
@@ -71,12 +75,15 @@ def _parse_image(
             raise DataError(path, f"sentences[{sentence_index}].raw is empty", where)
         check_text(path, raw, f"sentences[{sentence_index}].raw", where)
         captions.append(raw.strip())
-    image_path = image_root / filepath / filename
-    if check_files and not image_path.is_file():
-        raise DataError(path, f"image file not found: {image_path}", where)
-    image_id = check_text(
-        path, str(record.get("imgid", f"{filepath}/{filename}" if filepath else filename)), "'imgid'", where
-    )
+    image_path = contained_image_path(path, image_root, str(Path(filepath) / filename), where)
+    if check_files:
+        check_image_file(path, image_path, where)
+    imgid = record.get("imgid")  # absent or null: the path names the image
+    if imgid is None:
+        imgid = f"{filepath}/{filename}" if filepath else filename
+    if isinstance(imgid, bool) or not isinstance(imgid, (str, int)):  # an object's str() is no stable id
+        raise DataError(path, f"'imgid' must be a string or an integer, got {type(imgid).__name__}", where)
+    image_id = check_text(path, str(imgid), "'imgid'", where)
     return SPLIT_ALIASES[split], image_id, image_path, captions
 
 
@@ -92,7 +99,7 @@ def read_karpathy_json(
     counted and listed in the returned report instead of raising.
     """
     path = Path(path)
-    image_root = Path(image_root) if image_root is not None else path.parent
+    image_root = real_root(image_root if image_root is not None else path.parent)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -118,7 +125,7 @@ def read_karpathy_json(
             where = _image_record_name(index, record)
             if image_id in seen_ids:
                 raise DataError(
-                    path, f"duplicate imgid {image_id!r} (also images[{seen_ids[image_id]}])", where
+                    path, f"duplicate imgid {short_repr(image_id)} (also images[{seen_ids[image_id]}])", where
                 )
             if image_path in seen_paths:
                 raise DataError(path, f"duplicate image path (also images[{seen_paths[image_path]}])", where)
@@ -132,7 +139,9 @@ def read_karpathy_json(
         rows[split].append((image_id, image_path, captions))
         report.records_read += 1
     splits = {
-        name: RetrievalSplit.from_rows(name, split_rows) for name, split_rows in rows.items() if split_rows
+        name: RetrievalSplit.from_rows(name, split_rows, image_root)
+        for name, split_rows in rows.items()
+        if split_rows
     }
     if not splits:
         raise DataError(path, "no usable images in the file")

@@ -4,7 +4,8 @@
 Several lines may share an image; they become that image's captions. A ``split`` field/column (train, val, test,
 or restval) assigns the image's split; without one, the split is derived deterministically from a hash of the
 image path and a seed (about 70/10/20), so the same file always splits the same way. Relative image paths are
-resolved against ``image_root`` (default: the pairs file's folder).
+resolved against ``image_root`` (default: the pairs file's folder) and must stay inside it, symlinks resolved
+(see :mod:`dcd_itr.data.paths`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 from dcd_itr.data.dataset import SPLITS, RetrievalSplit
 from dcd_itr.data.karpathy import SPLIT_ALIASES, check_text
+from dcd_itr.data.paths import check_image_file, contained_image_path, real_root
 from dcd_itr.data.report import ReadReport
-from dcd_itr.errors import DataError
+from dcd_itr.errors import DataError, short_repr
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # train/val/test, the usual retrieval proportions
 
@@ -53,11 +55,27 @@ def _csv_records(path: Path) -> Iterator[tuple[str, object]]:
         if missing:
             raise DataError(path, f"CSV header lacks column(s) {sorted(missing)}", "line 1")
         try:
+            first_line = reader.line_num + 1
             for record in reader:
-                yield f"line {reader.line_num}", record
+                yield f"line {first_line}", _single_line(path, record, first_line, reader.line_num)
+                first_line = reader.line_num + 1
         except csv.Error as error:
             # e.g. a field over csv's 128 KiB limit: the rows after it cannot be trusted, so the file stops here
             raise DataError(path, f"malformed CSV ({error})", f"line {reader.line_num}") from None
+
+
+def _single_line(path: Path, record: dict, first_line: int, last_line: int) -> object:
+    """``record``, or a DataError when a quoted field holds a line break: an unterminated quote swallows every
+    later row into one caption, so a row spanning lines is refused (and counted, under skip_bad_records)."""
+    values = [v for value in record.values() for v in (value if isinstance(value, list) else [value])]
+    if any(isinstance(value, str) and ("\n" in value or "\r" in value) for value in values):
+        return DataError(
+            path,
+            f"a quoted field spans lines {first_line}-{last_line} (an unterminated quote?); captions and paths "
+            "cannot hold line breaks",
+            f"line {first_line}",
+        )
+    return record
 
 
 def _parse_pair(path: Path, where: str, record: object, image_root: Path, check_files: bool):
@@ -76,10 +94,12 @@ def _parse_pair(path: Path, where: str, record: object, image_root: Path, check_
     check_text(path, caption, "'caption'", where)
     split = record.get("split")
     if split not in (None, "") and split not in SPLIT_ALIASES:
-        raise DataError(path, f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}", where)
-    image_path = (image_root / image).resolve() if not Path(image).is_absolute() else Path(image)
-    if check_files and not image_path.is_file():
-        raise DataError(path, f"image file not found: {image_path}", where)
+        raise DataError(
+            path, f"unknown split {short_repr(split)}; expected one of {sorted(SPLIT_ALIASES)}", where
+        )
+    image_path = contained_image_path(path, image_root, image, where)
+    if check_files:
+        check_image_file(path, image_path, where)
     return image.strip(), image_path, caption.strip(), SPLIT_ALIASES.get(split) if split else None
 
 
@@ -94,7 +114,7 @@ def read_pairs(
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "pairs file not found")
-    image_root = Path(image_root) if image_root is not None else path.parent
+    image_root = real_root(image_root if image_root is not None else path.parent)
     records = _csv_records(path) if path.suffix.lower() == ".csv" else _jsonl_records(path)
     report = ReadReport(source=str(path))
     captions_by_image: dict[Path, list[str]] = {}
@@ -115,7 +135,9 @@ def read_pairs(
                             path, f"split {split!r} conflicts with {earlier[0]!r} at {earlier[1]}", where
                         )
                 if caption in captions_by_image.get(image_path, []):
-                    raise DataError(path, f"duplicate caption {caption!r} for image {image_path.name}", where)
+                    raise DataError(
+                        path, f"duplicate caption {short_repr(caption)} for image {image_path.name}", where
+                    )
             except DataError as error:
                 if not skip_bad_records:
                     raise
@@ -132,7 +154,9 @@ def read_pairs(
         split = split_by_image.get(image_path, (hash_split(image_name, split_seed), ""))[0]
         rows[split].append((image_name, image_path, captions))
     splits = {
-        name: RetrievalSplit.from_rows(name, split_rows) for name, split_rows in rows.items() if split_rows
+        name: RetrievalSplit.from_rows(name, split_rows, image_root)
+        for name, split_rows in rows.items()
+        if split_rows
     }
     if not splits:
         raise DataError(path, "no usable image-caption pairs in the file")

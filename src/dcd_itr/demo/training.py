@@ -15,12 +15,15 @@ from dcd_itr.data.loading import resolve_dataset_file
 from dcd_itr.demo.ledger import file_digest
 from dcd_itr.demo.packaged import MANIFEST, PACKAGED_FILES, install_packaged_teacher, records_fingerprint
 from dcd_itr.demo.plan import DemoPlan, DemoRun, TrainedModels
+from dcd_itr.errors import DcdError
 from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.models.registry import weights_fingerprint
+from dcd_itr.tasks.common import changed_fields
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
 from dcd_itr.tasks.grounded_teacher import GroundedTeacherConfig, is_grounded_config, train_grounded_teacher
 from dcd_itr.tasks.teacher import TeacherTrainingConfig, train_teacher
+from dcd_itr.yaml_io import load_yaml_file
 
 
 def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
@@ -144,9 +147,11 @@ def recorded_config(resolved: dict[str, Any], saved: Path, defaults: dict[str, A
     """The config a training stage is fingerprinted by: ``resolved``, or the one a finished run saved in
     ``saved`` when the two differ only by fields added since at their defaults, so that upgrading the package
     does not retrain a finished run whose behaviour the new fields leave unchanged."""
+    if not saved.is_file():
+        return resolved
     try:
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        old = load_yaml_file(saved)
+    except DcdError:  # unreadable: fingerprint the resolved config (the stage then recomputes)
         return resolved
     return old if old != resolved and only_new_defaults(old, resolved, defaults) else resolved
 
@@ -169,7 +174,7 @@ def _training_stage(
     def action() -> dict[str, str]:
         saved = out / "config.yaml"
         started = (out / "last" / "state.json").exists() and saved.exists()
-        if started and yaml.safe_load(saved.read_text(encoding="utf-8")) != resolved:  # another config's run
+        if started and changed_fields(load_yaml_file(saved), config):  # another config's run
             print(f"  {out} holds a run of another config: starting it over")
             shutil.rmtree(out)
         runner(config, progress=run.plan.progress)

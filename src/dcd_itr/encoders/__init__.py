@@ -10,7 +10,8 @@ implementing :class:`ImageTower` or :class:`TextTower` and add a line to :data:`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -21,7 +22,7 @@ from dcd_itr.encoders.hf import HFImageTower, HFTextTower
 from dcd_itr.encoders.minilm import MiniLMTextTower
 from dcd_itr.encoders.regions import RegionTower, efficientnet_regions
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
-from dcd_itr.errors import ConfigError
+from dcd_itr.errors import ConfigError, DcdError, short_repr, short_text
 
 HF_PREFIX = "hf:"
 REGIONS_PREFIX = "regions-"  # regions-<image tower>: that tower on each detected object's crop
@@ -46,6 +47,20 @@ def _unknown(kind: str, name: str, known: dict) -> ConfigError:
     return ConfigError(f"unknown {kind} tower {name!r}; valid names: {valid}")
 
 
+@contextlib.contextmanager
+def _hf_errors(name: str) -> Iterator[None]:
+    """A folder or hub id that holds no usable model (``hf:/etc``) is a ConfigError naming the tower."""
+    try:
+        yield
+    except DcdError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as error:
+        raise ConfigError(
+            f"tower {short_repr(name)}: not a Hugging Face model folder or hub id this machine can load "
+            f"({type(error).__name__}: {short_text(str(error))})"
+        ) from None
+
+
 def build_image_tower(
     name: str,
     image_size: int | None = None,  # None -> the tower's native resolution
@@ -54,7 +69,8 @@ def build_image_tower(
 ) -> ImageTower:
     """Build a frozen image tower by registry name or ``hf:<path-or-hub-id>``; ``options`` go to its class."""
     if name.startswith(HF_PREFIX):
-        return HFImageTower(name.removeprefix(HF_PREFIX), image_size=image_size, device=device, **options)
+        with _hf_errors(name):
+            return HFImageTower(name.removeprefix(HF_PREFIX), image_size=image_size, device=device, **options)
     if name not in IMAGE_TOWERS and name.startswith(REGIONS_PREFIX):  # any tower run on detected crops
         inner = build_image_tower(name.removeprefix(REGIONS_PREFIX), image_size=image_size, device=device)
         return RegionTower(inner, **options)
@@ -71,7 +87,8 @@ def build_text_tower(
 ) -> TextTower:
     """Build a frozen text tower by registry name or ``hf:<path-or-hub-id>``; ``options`` go to its class."""
     if name.startswith(HF_PREFIX):
-        return HFTextTower(name.removeprefix(HF_PREFIX), max_length=max_length, device=device, **options)
+        with _hf_errors(name):
+            return HFTextTower(name.removeprefix(HF_PREFIX), max_length=max_length, device=device, **options)
     if name not in TEXT_TOWERS:
         raise _unknown("text", name, TEXT_TOWERS)
     return TEXT_TOWERS[name](max_length=max_length, device=device, **options)

@@ -5,18 +5,20 @@ Kinds are an explicit name -> (config class, model class) dict; add a line here 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
 from torch import nn
 
 from dcd_itr.config import config_from_dict, config_to_dict
-from dcd_itr.errors import ConfigError, CorruptFileError
+from dcd_itr.errors import ConfigError, CorruptFileError, DcdError, short_repr, short_text
 from dcd_itr.io_utils import file_sha256, load_checked, write_text_atomic
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.grounded import GroundedConfig, GroundedCrossEncoder
 from dcd_itr.models.zeroshot import ZeroShotBridge, ZeroShotConfig
+from dcd_itr.yaml_io import load_yaml_file
 
 MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
     "dual": (DualConfig, DualEncoderModel),
@@ -43,17 +45,47 @@ def save_model_description(model: nn.Module, folder: Path) -> Path:
 
 def build_model_from_description(folder: Path) -> nn.Module:
     path = Path(folder) / "model.yaml"
-    try:
-        description = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CorruptFileError(path, "model description not found (is this a model folder?)") from None
-    except yaml.YAMLError as error:
-        raise CorruptFileError(path, f"malformed YAML ({error})") from None
+    if not path.exists():
+        raise CorruptFileError(path, "model description not found (is this a model folder?)")
+    description = load_yaml_file(path, CorruptFileError)
     kind = description.get("kind") if isinstance(description, dict) else None
-    if kind not in MODEL_KINDS:
-        raise CorruptFileError(path, f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
+        raise CorruptFileError(
+            path, f"kind: unknown model kind {short_repr(kind)}; known: {sorted(MODEL_KINDS)}"
+        )
     config_class, model_class = MODEL_KINDS[kind]
-    return model_class(config_from_dict(config_class, description.get("config") or {}, str(path)))
+    config = config_from_dict(config_class, description.get("config") or {}, str(path))
+    check_model_sizes(config, path)
+    try:
+        return model_class(config)
+    except DcdError:
+        raise
+    except Exception as error:  # torch raises ValueError, AssertionError, RuntimeError... for bad sizes
+        raise CorruptFileError(
+            path, f"config: cannot build a {kind} model ({short_text(str(error))})"
+        ) from None
+
+
+MAX_MODEL_SIZE = 1 << 16  # widths, layers, tokens, classes: 4x the widest layer of any model we know
+UNBOUNDED_SIZES = {"max_pairs_per_chunk"}  # a batching bound, not an architecture size
+
+
+def check_model_sizes(config: object, path: Path, where: str = "config") -> None:
+    """Every integer of a model config (nested configs included) is a size: 0 <= value <= MAX_MODEL_SIZE.
+    A negative or huge one is a CorruptFileError naming the field, before any tensor is allocated."""
+    for field in dataclasses.fields(config):  # type: ignore[arg-type]
+        value, name = getattr(config, field.name), f"{where}.{field.name}"
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            label = f"{name}[{index}]" if isinstance(value, list) else name
+            if dataclasses.is_dataclass(item):
+                check_model_sizes(item, path, label)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                limit = None if field.name in UNBOUNDED_SIZES else MAX_MODEL_SIZE
+                if item < 0 or (limit is not None and item > limit):
+                    raise CorruptFileError(
+                        path, f"{label}: {short_repr(item)} is out of range (0 to {limit or 'any'})"
+                    )
 
 
 WEIGHTS_FILE = "model.safetensors"  # beside model.yaml in every saved model folder
@@ -75,6 +107,14 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
         state, _ = load_checked(path)
     except Exception as error:  # safetensors raises several types for truncated/corrupt files
         raise CorruptFileError(path, f"cannot read weights ({error})") from None
+    expected = model.state_dict()
+    for name, tensor in state.items():  # a wrong shape with a valid checksum: weights of another config
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CorruptFileError(
+                path,
+                f"tensor {name!r} has shape {tuple(tensor.shape)} but the model description expects "
+                f"{tuple(expected[name].shape)} (weights of another model config?)",
+            )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CorruptFileError(

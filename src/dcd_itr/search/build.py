@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dcd_itr.data.loading import load_split
 from dcd_itr.distributed import parse_shard, resolve_device
-from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError
+from dcd_itr.errors import CacheMismatchError, ConfigError, CorruptFileError, short_repr
 from dcd_itr.io_utils import atomic_path, write_json_atomic
 from dcd_itr.search.gallery import GALLERY_FILE, Gallery, is_dual_encoder
 from dcd_itr.search.index import DEFAULT_BACKEND, INDEX_BACKENDS, create_index
@@ -120,10 +120,29 @@ def embed_shards(
                     batch = encoder.encode_images([gallery.image_paths[r] for r in rows])
                 else:
                     batch = encoder.encode_texts([gallery.item_texts[r] for r in rows])
-                parts.append(batch["embedding"].float().cpu())  # (b, D)
+                parts.append(_finite(batch["embedding"].float().cpu(), gallery, batch_start))  # (b, D)
                 bar.update(len(rows))
             _write_shard(shard_path(folder, shard), torch.cat(parts), start, stop, gallery.model_fingerprint)
     return total
+
+
+def _finite(embedding: torch.Tensor, gallery: Gallery, first: int) -> torch.Tensor:
+    """``embedding`` (b, D) unless a row holds NaN or inf (NaN weights, say): an index of those would rank at
+    random, so the build stops naming the first such item and the model's weights."""
+    bad = (~torch.isfinite(embedding).all(dim=1)).nonzero().flatten()
+    if len(bad):
+        item = first + int(bad[0])
+        what = (
+            f"image {short_repr(gallery.image_ids[item])} ({gallery.image_paths[item]})"
+            if gallery.side == "images"
+            else f"caption {item} ({short_repr(gallery.item_texts[item])})"
+        )
+        raise CorruptFileError(
+            Path(gallery.model_dir) / "model.safetensors",
+            f"item {item}, {what}, is embedded as NaN or inf ({len(bad)} of this batch); the model's weights "
+            "hold NaN or overflow: retrain or restore them",
+        )
+    return embedding
 
 
 def _read_shard(path: Path, start: int, stop: int, fingerprint: str) -> np.ndarray:

@@ -48,7 +48,7 @@ class Gallery:
     item_images: list[int]  # M image rows when side == "captions", else empty
     model_dir: str = ""
     model_fingerprint: str = ""
-    source: dict[str, str] | None = None  # {"data": ..., "split": ...}: where the gallery came from
+    source: dict[str, str] | None = None  # {"data", "split", "image_root"}: where the gallery came from
 
     @classmethod
     def from_split(cls, split: RetrievalSplit, side: str, model_dir: Path, data: Path) -> Gallery:
@@ -64,7 +64,11 @@ class Gallery:
             item_images=split.caption_to_image.tolist() if side == "captions" else [],
             model_dir=str(Path(model_dir).resolve()),
             model_fingerprint=weights_fingerprint(model_dir),
-            source={"data": str(Path(data).resolve()), "split": split.name},
+            source={
+                "data": str(Path(data).resolve()),
+                "split": split.name,
+                **({"image_root": str(split.image_root)} if split.image_root is not None else {}),
+            },
         )
 
     def __len__(self) -> int:
@@ -76,11 +80,17 @@ class Gallery:
 
     @property
     def image_root(self) -> str:
-        """The deepest folder holding every gallery image: ``/images/{id}`` serves nothing outside it.
-
-        Paths are stored as given (absolute, symlinks not resolved), so a symlink in the gallery that points
-        elsewhere does not widen the root; the service resolves both at request time and compares.
+        """The folder ``/images/{id}`` serves from, and nothing outside it: the dataset's image root recorded at
+        build time (``source["image_root"]``). A gallery built before it was recorded falls back to the dataset
+        file's folder (the readers' default root), and one without a source to the deepest folder holding every
+        gallery image. The service resolves the root and each file at request time and compares.
         """
+        source = self.source if isinstance(self.source, dict) else {}
+        if isinstance(source.get("image_root"), str):
+            return source["image_root"]
+        if isinstance(source.get("data"), str):
+            data = Path(source["data"])
+            return str(data if data.is_dir() else data.parent)
         return os.path.commonpath([str(Path(p).parent) for p in self.image_paths]) if self.image_paths else ""
 
     def content_fingerprint(self) -> str:

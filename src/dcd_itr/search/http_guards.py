@@ -94,6 +94,16 @@ async def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int) -> Im
             raise HTTPException(400, f"cannot use the uploaded image: {error.reason}") from None
 
 
+MAX_ITEM_NUMBER = 2**63 - 1  # ids are int64 in the index
+
+
+def item_number(text: str, what: str) -> int:
+    """A row or item id from the URL: digits only, at most int64's maximum; else 422 (never a 500)."""
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_ITEM_NUMBER:
+        raise HTTPException(422, f"{what} must be an integer from 0 to {MAX_ITEM_NUMBER}")
+    return int(text)
+
+
 def gallery_file(gallery: Gallery, row: int) -> tuple[Path, str]:
     """The resolved file of image ``row`` and its content type; 404 / 403 for anything else."""
     if not 0 <= row < len(gallery.image_paths):

@@ -2,7 +2,9 @@
 
 Routes: ``GET /`` (the web page), ``GET /health``, ``POST /search/text``, ``POST /search/image`` (multipart
 upload), ``GET /images/{row}`` (gallery files only), and the admin routes ``POST /admin/reload`` and
-``DELETE /items/{id}`` (API key in ``X-API-Key``; disabled when no key is set). OpenAPI docs at ``/docs``.
+``DELETE /items/{id}`` (API key in ``X-API-Key``; disabled when no key is set). The OpenAPI schema is at
+``/openapi.json``; ``/docs`` points there (Swagger UI's CDN assets would leave it blank offline). Rows and item
+ids are plain non-negative integers below 2^63 (``1.0``, ``-1``, ``2**63`` are 422).
 
 User mistakes are 4xx with a ``detail`` that says what is wrong: 422 for schema violations, 400 for a request
 the index cannot answer, 413 for bodies over the limit, 415 for image types, 401/403 for the admin key. CORS is
@@ -10,19 +12,22 @@ off unless origins are given.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real (locally built) request model classes.
+import re
 from dataclasses import asdict
 from importlib import resources
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from dcd_itr import __version__
 from dcd_itr.errors import CacheMismatchError, CorruptFileError, DcdError
-from dcd_itr.search.http_guards import BodySizeLimit, check_api_key, gallery_file, read_upload
+from dcd_itr.search.http_guards import BodySizeLimit, check_api_key, gallery_file, item_number, read_upload
 from dcd_itr.search.retriever import Retriever, SearchResult
 from dcd_itr.search.schemas import Deleted, Health, SearchResponse, ServiceLimits, text_query_model
 
@@ -32,6 +37,24 @@ PAGE_HEADERS = {  # the page loads only its own script; nothing may frame it
     "script-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+DOCS_PAGE = (  # no CDN assets: the service works offline, so its docs page must too
+    "<!doctype html><title>dcd-itr search API</title><h1>dcd-itr search API</h1><p>The OpenAPI schema of "
+    'every route is at <a href="/openapi.json">/openapi.json</a> (load it into any OpenAPI viewer). The '
+    "interactive Swagger page is off: it loads its scripts from a CDN, which an offline machine cannot reach.</p>"
+)
+RowParameter = Annotated[
+    str,
+    FastAPIPath(pattern=r"^[0-9]{1,19}$", description="a non-negative integer below 2^63", examples=["0"]),
+]
+
+
+def integer_text(value: object) -> object:
+    """A form field that must be an integer: "0.0" or "1e1", which pydantic's lax mode accepts, are refused."""
+    if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value, flags=re.ASCII):
+        raise ValueError("must be an integer")
+    return value
 
 
 def _static(name: str) -> str:
@@ -62,7 +85,9 @@ def create_app(
         title="dcd-itr search",
         version=__version__,
         description="Text -> image and image -> caption search with a distilled dual encoder, optionally "
-        "re-ranked by a compressed cross-encoder.",
+        "re-ranked by a compressed cross-encoder. The schema is at /openapi.json.",
+        docs_url=None,  # Swagger UI loads its assets from a CDN: blank offline; /docs points to the schema
+        redoc_url=None,
     )
     page, script = _static("index.html"), _static("app.js")
     TextQuery = text_query_model(limits)  # noqa: N806 (a class)
@@ -116,6 +141,10 @@ def create_app(
     def home_script() -> Response:
         return Response(script, media_type="text/javascript", headers=PAGE_HEADERS)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE, headers=PAGE_HEADERS)
+
     @app.get("/health")
     def health() -> Health:
         return Health(
@@ -136,8 +165,8 @@ def create_app(
     )
     async def search_image(
         file: Annotated[UploadFile, File(description="PNG, JPEG, WebP, GIF or BMP")],
-        k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
-        rerank: Annotated[int, Form(ge=0, le=limits.max_rerank)] = 0,
+        k: Annotated[int, BeforeValidator(integer_text), Form(ge=1, le=limits.max_k)] = 10,
+        rerank: Annotated[int, BeforeValidator(integer_text), Form(ge=0, le=limits.max_rerank)] = 0,
     ) -> SearchResponse:
         if retriever.gallery.side != "captions":
             raise HTTPException(400, "this index holds images: query it with text (POST /search/text)")
@@ -148,8 +177,8 @@ def create_app(
     @app.get(
         "/images/{row}", responses={403: {"description": "outside the gallery"}, 404: {"description": "none"}}
     )
-    def image_file(row: int) -> FileResponse:
-        path, content_type = gallery_file(retriever.gallery, row)
+    def image_file(row: RowParameter) -> FileResponse:
+        path, content_type = gallery_file(retriever.gallery, item_number(row, "row"))
         return FileResponse(path, media_type=content_type, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.post("/admin/reload", dependencies=[Depends(admin)])
@@ -158,8 +187,9 @@ def create_app(
         return health()
 
     @app.delete("/items/{item_id}", dependencies=[Depends(admin)])
-    def delete_item(item_id: int) -> Deleted:
-        removed = retriever.delete([item_id]) if item_id >= 0 else 0
+    def delete_item(item_id: RowParameter) -> Deleted:
+        item_id = item_number(item_id, "item id")  # within int64, the index's id type: no OverflowError
+        removed = retriever.delete([item_id]) if item_id < len(retriever.gallery) else 0
         if not removed:
             raise HTTPException(404, f"no item {item_id} in the index")
         return Deleted(deleted=removed, items=len(retriever.index))

@@ -6,38 +6,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from dcd_itr.config import config_to_dict, save_config
 from dcd_itr.data.dataset import RetrievalSplit
-from dcd_itr.errors import ConfigError
+from dcd_itr.errors import ConfigError, short_repr
 from dcd_itr.evaluate.models import cross_metrics, dual_metrics
 from dcd_itr.features import SplitFeatures
 from dcd_itr.train import recover_checkpoint
+from dcd_itr.yaml_io import load_yaml_file
+
+
+def changed_fields(previous: Any, config: Any) -> list[str]:
+    """Top-level fields in which a run's saved config (``previous``, as read from its ``config.yaml``) differs
+    from ``config``. ``out`` is not compared: a run folder that was moved or copied resumes where it now is. A
+    field added to the config class after the run started counts as unchanged while it holds its default."""
+    if not isinstance(previous, dict):
+        return ["<the whole file: not a mapping>"]
+    current = {k: v for k, v in config_to_dict(config).items() if k != "out"}
+    defaults = config_to_dict(type(config)())
+    previous = {
+        **{k: v for k, v in current.items() if k not in previous and v == defaults.get(k)},
+        **{k: v for k, v in previous.items() if k != "out"},
+    }
+    return sorted((k for k in set(previous) | set(current) if previous.get(k) != current.get(k)), key=str)
 
 
 def prepare_run_dir(config: Any) -> Path:
     """Create ``config.out`` and save the resolved config there. A folder that already holds a checkpoint of a
-    run with a different config is refused (resuming it would mix two runs)."""
+    run with a different config is refused (resuming it would mix two runs); a run whose folder was moved or
+    copied resumes in its new place, with a message."""
     out = Path(config.out)
     saved = out / "config.yaml"
     recover_checkpoint(out / "last")  # a run killed while swapping in a checkpoint still counts as started
     if (out / "last" / "state.json").exists() and saved.exists():
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
-        current = config_to_dict(config)
-        defaults = config_to_dict(type(config)())
-        # a field added to the config class after the run started counts as unchanged while it holds its default
-        previous = {
-            **{k: v for k, v in current.items() if k not in previous and v == defaults.get(k)},
-            **previous,
-        }
-        if previous != current:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        previous = load_yaml_file(saved)
+        changed = changed_fields(previous, config)
+        if changed:
             raise ConfigError(
-                f"{out}: holds a run with a different config (fields {changed} differ); "
+                f"{out}: holds a run with a different config (fields {short_repr(changed)} differ); "
                 "delete the folder or set another `out` to start a new run"
             )
+        started_in = previous.get("out")
+        if isinstance(started_in, str) and Path(started_in).resolve() != out.resolve():
+            print(f"{out}: resuming the run started in {started_in} (its folder was moved or copied)")
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, saved)
     return out

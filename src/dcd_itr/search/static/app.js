@@ -61,7 +61,8 @@ async function runSearch(request) {
   }
   renderHits(body.hits);
   const roundTrip = performance.now() - started;
-  const reranked = body.rerank ? `, re-ranked top ${body.rerank}` : "";
+  const reranked = (body.rerank ? `, re-ranked top ${body.rerank}` : "") +
+    (request.capped ? ` (k capped at ${health.limits.max_k})` : "");
   setStatus(`${body.hits.length} results${reranked} — server ${body.milliseconds.total.toFixed(1)} ms, ` +
     `round trip ${roundTrip.toFixed(0)} ms`);
 }
@@ -71,6 +72,7 @@ function textRequest() {
   const rerank = $("rerank").checked ? clamp($("rerank-k").value, 1, limits.max_rerank) : 0;
   const payload = { query: $("query").value, k: clamp($("k").value, 1, limits.max_k), rerank };
   return {
+    capped: Number($("k").value) > limits.max_k,
     url: "/search/text",
     init: { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) },
   };
@@ -84,7 +86,9 @@ function imageRequest() {
   form.append("file", file);
   form.append("k", clamp($("image-k").value, 1, limits.max_k));
   form.append("rerank", $("image-rerank").checked ? clamp($("image-rerank-k").value, 1, limits.max_rerank) : 0);
-  return { url: "/search/image", init: { method: "POST", body: form } };
+  return {
+    url: "/search/image", init: { method: "POST", body: form }, capped: Number($("image-k").value) > limits.max_k,
+  };
 }
 
 async function start() {
@@ -102,6 +106,10 @@ async function start() {
     $(id).disabled = !health.rerank_available;
   }
   $("rerank-k").value = $("image-rerank-k").value = health.limits.default_rerank;
+  for (const id of ["k", "image-k"]) {  // the service caps k: say so rather than cap it silently
+    $(id).max = health.limits.max_k;
+    $(`${id}-note`).textContent = `(at most ${health.limits.max_k})`;
+  }
   $("text-form").addEventListener("submit", (event) => {
     event.preventDefault();
     runSearch(textRequest());
