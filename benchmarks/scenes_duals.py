@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -88,6 +89,8 @@ def summarise(runs: list[dict]) -> dict[str, tuple[float, float] | None]:
 
 def markdown(table: dict[str, dict], seeds: list[int]) -> str:
     lines = [
+        "Command: `python benchmarks/scenes_duals.py " + " ".join(sys.argv[1:]) + "`",
+        "",
         f"Scenes test split; mean ± std over seeds {seeds}; each seed's epoch chosen on val RSUM; CPU-minutes = "
         "process CPU time of the training steps, 1 torch thread.",
         "",
