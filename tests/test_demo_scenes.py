@@ -285,3 +285,20 @@ def test_records_fingerprint_ignores_the_info_block(tmp_path):
     second.write_text("not json")
     with pytest.raises(CorruptFileError, match=re.escape(str(second))):
         records_fingerprint(second)
+
+
+def test_interaction_gain_retention_by_hand():
+    from dcd_itr.demo.interaction import interaction_gain
+
+    rows = [
+        {"name": "teacher", "kind": "teacher", "metrics": {"rsum": 500.0, "twin_group": 100.0}},
+        {"name": "cross student", "kind": "cross", "metrics": {"rsum": 470.0, "twin_group": 95.0}},
+        {"name": "dual student", "kind": "dual", "metrics": {"rsum": 300.0, "twin_group": 2.0}},
+        {"name": "cascade k=16", "kind": "cascade", "metrics": {"rsum": 200.0}},
+    ]
+    gains = interaction_gain(rows, {"rsum": 200.0, "twin_group": 0.0}, str.upper)
+    assert gains == [  # (470 - 200) / (500 - 200) = 90%; (95 - 0) / (100 - 0) = 95%; no twin key -> None
+        {"name": "CROSS STUDENT", "rsum": pytest.approx(90.0), "twin_group": pytest.approx(95.0)},
+        {"name": "CASCADE K=16", "rsum": pytest.approx(0.0), "twin_group": None},
+    ]
+    assert interaction_gain(rows, {"rsum": 500.0, "twin_group": 0.0})[0]["rsum"] is None  # no gain to keep

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dcd_itr.bench.common import format_ratio, format_seconds
+from dcd_itr.demo.interaction import interaction_gain, interaction_gain_section
 from dcd_itr.io_utils import write_text_atomic
 
 SYSTEM_LABELS = {
@@ -93,46 +94,6 @@ def _twin_cell(metrics: dict[str, Any], key: str) -> str:
     return f"{metrics[key]:.1f}" if key in metrics else "n/a"
 
 
-def interaction_gain(payload: dict[str, Any], paths_only: dict[str, Any]) -> list[dict[str, Any]]:
-    """Retention of the teacher's interaction gain, (system - paths-only) / (teacher - paths-only), on RSUM and
-    the twin group score, for every cross-encoder and cascade row (None where the teacher gains nothing)."""
-    teacher = next((row for row in payload["ranking"] if row["kind"] == "teacher"), None)
-    if teacher is None:
-        return []
-    out = []
-    for row in ordered_rows(payload):
-        if row["kind"] not in ("cross", "cascade"):
-            continue
-        entry: dict[str, Any] = {"name": system_label(row["name"])}
-        for key in ("rsum", "twin_group"):
-            gain = teacher["metrics"].get(key, 0.0) - paths_only.get(key, 0.0)
-            if key in row["metrics"] and key in paths_only and abs(gain) > 1e-9:
-                entry[key] = 100.0 * (row["metrics"][key] - paths_only[key]) / gain
-            else:
-                entry[key] = None
-        out.append(entry)
-    return out
-
-
-def interaction_gain_section(payload: dict[str, Any], paths_only: dict[str, Any]) -> list[str]:
-    teacher = next(row for row in payload["ranking"] if row["kind"] == "teacher")
-    lines = [
-        "## Interaction gain",
-        "",
-        "What the teacher's fusion adds over its own similarity path (the same weights with the fusion term "
-        f"removed: RSUM {paths_only['rsum']:.1f}, twin group {paths_only.get('twin_group', float('nan')):.1f}%, "
-        f"against the teacher's {teacher['rsum']:.1f} and {teacher['metrics'].get('twin_group', float('nan')):.1f}%), "
-        "and how much of that gain each system keeps: (system - paths-only) / (teacher - paths-only).",
-        "",
-        "| system | RSUM gain kept | twin group gain kept |",
-        "|---|---:|---:|",
-    ]
-    for entry in interaction_gain(payload, paths_only):
-        cells = ["n/a" if entry[key] is None else f"{entry[key]:.1f}%" for key in ("rsum", "twin_group")]
-        lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def metrics_by_system(
     payload: dict[str, Any], paths_only: dict[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -148,7 +109,7 @@ def metrics_by_system(
     }
     if paths_only is not None:
         systems[PATHS_ONLY_LABEL] = paths_only
-        for entry in interaction_gain(payload, paths_only):
+        for entry in interaction_gain(ordered_rows(payload), paths_only, system_label):
             systems[entry["name"]] |= {
                 "interaction_gain_kept_rsum_pct": entry["rsum"],
                 "interaction_gain_kept_twin_group_pct": entry["twin_group"],
@@ -244,6 +205,10 @@ def _environment_section(inputs: ReportInputs) -> list[str]:
     return lines
 
 
+def _gain_lines(speed: dict[str, Any], paths_only: dict[str, Any]) -> list[str]:
+    return [*interaction_gain_section(ordered_rows(speed), paths_only, system_label), ""]
+
+
 def render_report(inputs: ReportInputs, path: Path) -> str:
     """The Markdown of ``report.md`` written at ``path`` (links are relative to it)."""
     speed = inputs.speed
@@ -274,7 +239,7 @@ def render_report(inputs: ReportInputs, path: Path) -> str:
         f"Flickr30K-1K, query latency on a synthetic gallery -- is in [speed.md]({_link(inputs.speed_markdown, path)}); "
         f"it was run as `{speed['command']}`.",
         "",
-        *(interaction_gain_section(speed, inputs.paths_only) + [""] if inputs.paths_only else []),
+        *(_gain_lines(speed, inputs.paths_only) if inputs.paths_only else []),
         *_examples_section(inputs, path),
         "",
     ]
