@@ -27,6 +27,7 @@ from dcd_itr.demo.packaged import (
     verify_packaged_teacher,
 )
 from dcd_itr.demo.plan import PACKAGED_TEACHER, plan_for, scenes_plan
+from dcd_itr.demo.prepare import scenes_dataset_is_current
 from dcd_itr.errors import ConfigError, CorruptFileError
 from dcd_itr.io_utils import file_sha256
 from test_scenes import PLAIN, cldr_xml
@@ -128,6 +129,12 @@ def test_scenes_demo_runs_every_stage_then_reuses_them_then_takes_the_packaged_t
     assert _stages(printed, "done in") == STAGES and not _stages(printed, "reused")
     assert "no packaged teacher in" in printed  # the placeholder folder is empty: the teacher is trained
     assert (root / "data" / "dataset_scenes.json").is_file()  # built by the scenes builder
+    # a build with this seed and these sizes is recognised (reused by the data stage); others are not
+    options = plan.scenes_options
+    assert scenes_dataset_is_current(root / "data", 0, options)
+    assert not scenes_dataset_is_current(root / "data", 1, options)
+    assert not scenes_dataset_is_current(root / "data", 0, options | {"test_pairs": 3})
+    assert not scenes_dataset_is_current(root / "data", 0, {})  # the full-size defaults
 
     speed = json.loads((results / "speed.json").read_text())
     names = [row["name"] for row in speed["ranking"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,16 @@ def build_or_reuse_emoji(data_dir: Path, seed: int, fresh: bool) -> Path:
     return build_emoji_dataset(data_dir, seed=seed)
 
 
+SIZE_KEYS = {"vocab": "vocab", "train_scenes": "train", "val_pairs": "val", "test_pairs": "test"}
+SIZE_KEYS |= {"objects": "objects", "canvas": "canvas"}  # builder option -> its key in info["sizes"]
+
+
+def scenes_sizes(options: dict[str, Any]) -> dict[str, int]:
+    """The ``info["sizes"]`` a build with these builder ``options`` records (the builder's defaults elsewhere)."""
+    defaults = inspect.signature(build_scenes_dataset).parameters
+    return {key: options.get(option, defaults[option].default) for option, key in SIZE_KEYS.items()}
+
+
 def scenes_dataset_is_current(data_dir: Path, seed: int, options: dict[str, Any]) -> bool:
     """True when ``data_dir`` holds a complete scenes build with this seed and these sizes."""
     try:
@@ -35,8 +46,16 @@ def scenes_dataset_is_current(data_dir: Path, seed: int, options: dict[str, Any]
         present = all((data_dir / i["filepath"] / i["filename"]).is_file() for i in images)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    sizes = {key: value for key, value in options.items() if key in info.get("sizes", {})}
-    return info.get("seed") == seed and all(info["sizes"][k] == v for k, v in sizes.items()) and present
+    return info.get("seed") == seed and info.get("sizes") == scenes_sizes(options) and present
+
+
+def build_or_reuse_scenes(run: DemoRun, options: dict[str, Any]) -> Path:
+    """A complete build already in ``--data-dir`` (e.g. from `dcd data scenes`) with this seed and these sizes is
+    reused; otherwise the benchmark is built there."""
+    if not run.fresh and scenes_dataset_is_current(run.data_dir, run.seed, options):
+        print(f"  reusing {run.data_dir / SCENES_FILENAME} (same seed and sizes)")
+        return run.data_dir / SCENES_FILENAME
+    return build_scenes_dataset(run.data_dir, seed=run.seed, progress=run.plan.progress, **options)
 
 
 def scenes_data_stage(run: DemoRun) -> Path:
@@ -52,9 +71,7 @@ def scenes_data_stage(run: DemoRun) -> Path:
                 "options": options | sources,
                 "builder": __version__,
             },
-            lambda: str(
-                build_scenes_dataset(run.data_dir, seed=run.seed, progress=run.plan.progress, **options)
-            ),
+            lambda: str(build_or_reuse_scenes(run, options)),
             outputs=[run.data_dir / SCENES_FILENAME],
             check=lambda _: scenes_dataset_is_current(run.data_dir, run.seed, options),
         )
