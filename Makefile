@@ -34,4 +34,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) data/emoji results
+	rm -rf $(VENV) data/emoji data/scenes results cache

@@ -105,7 +105,7 @@ def test_cut_and_random_students_distil_with_frozen_non_fusion_parts(workspace):
     # every image_to_text pool holds the anchor's swapped caption (column 1, from the twin rows)
     cache = next((workspace["root"] / "teacher_scores").glob("*/manifest.json")).parent
     manifest = json.loads((cache / "manifest.json").read_text())
-    assert manifest["extra"] == {"twin_negatives": True}
+    assert manifest["extra"] == {"exclude_same_text": True, "twin_negatives": True}
     pools = load_file(str(cache / "round-0000-image_to_text.safetensors"))
     train = load_split(workspace["data"], "train")
     captions = train.captions

@@ -88,7 +88,12 @@ def test_unknown_names_list_the_valid_ones():
         build_text_tower("bert-huge")
     with pytest.raises(ConfigError, match="lite0"):
         EfficientNetLiteTower("lite7")
-    assert set(IMAGE_TOWERS) == {"efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"}
+    assert set(IMAGE_TOWERS) == {
+        "efficientnet-lite0",
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+        "regions-efficientnet-lite0",
+    }
     assert set(TEXT_TOWERS) == {"minilm-l6"}
 
 

@@ -237,7 +237,7 @@ def test_wsl_matches_hand_value() -> None:
     assert close(terms["distill_weight_mean"], mean(weights))
     assert close(terms["kd"], kd)
     assert close(terms["gt"], gt)
-    assert close(terms["loss"], 0.2 * kd + 0.8 * gt)
+    assert close(terms["loss"], 0.2 * kd + gt)  # CE at full weight (spec and reference), not (1 - alpha) * CE
 
 
 def test_wsl_weight_is_one_minus_inverse_e_when_student_equals_teacher() -> None:
@@ -290,10 +290,10 @@ def test_build_loss_returns_each_class_with_its_options() -> None:
 
 
 def test_build_loss_rejects_unknown_names_and_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown loss 'kd'.*dcd, none, static, wsl"):
+    with pytest.raises(ValueError, match="unknown loss 'kd'.*dcd, none, static, weighted, wsl"):
         build_loss("kd")
     with pytest.raises(
-        ValueError, match="unknown argument\\(s\\) beta.*alpha, temperature, reduction, distance"
+        ValueError, match="unknown argument\\(s\\) beta.*alpha, temperature, reduction, distance, label"
     ):
         build_loss("dcd", beta=1.0)
     with pytest.raises(ValueError, match="'none' got unknown argument\\(s\\) alpha.*no arguments"):

@@ -21,9 +21,9 @@ from dcd_itr.metrics import (
 )
 
 
-def reference_rank(row: list[float], target: int) -> int:
-    """0-based rank of ``target``: strictly better scores, plus equal scores at a lower index."""
-    return sum(1 for g, s in enumerate(row) if s > row[target] or (s == row[target] and g < target))
+def reference_rank(row: list[float], target: int, positives: set[int]) -> int:
+    """0-based rank of ``target``: strictly better scores, plus equal scores of wrong candidates (pessimistic)."""
+    return sum(1 for g, s in enumerate(row) if s > row[target] or (s == row[target] and g not in positives))
 
 
 def reference_metrics_from_ranks(i2t: list[int], t2i: list[int]) -> dict[str, float]:
@@ -40,18 +40,19 @@ def reference_metrics_from_ranks(i2t: list[int], t2i: list[int]) -> dict[str, fl
 def reference_metrics(scores: list[list[float]], owner: list[int]) -> dict[str, float]:
     """Protocol by loops: best caption rank per image, own-image rank per caption."""
     columns = [[scores[i][j] for i in range(len(scores))] for j in range(len(owner))]
-    i2t = [
-        min(reference_rank(row, j) for j in range(len(owner)) if owner[j] == i)
-        for i, row in enumerate(scores)
-    ]
-    t2i = [reference_rank(columns[j], owner[j]) for j in range(len(owner))]
+    i2t = []
+    for i, row in enumerate(scores):
+        positives = {j for j in range(len(owner)) if owner[j] == i}
+        i2t.append(min(reference_rank(row, j, positives) for j in positives))
+    t2i = [reference_rank(columns[j], owner[j], {owner[j]}) for j in range(len(owner))]
     return reference_metrics_from_ranks(i2t, t2i)
 
 
 def reference_cascade_rank(first: list[float], second: list[float], positives: set[int], k: int) -> int:
-    order = sorted(range(len(first)), key=lambda g: (-first[g], g))
-    reranked = sorted(order[:k], key=lambda g: (-second[g], g))
-    final = reranked + order[k:]
+    kept = sorted(range(len(first)), key=lambda g: (-first[g], g))[:k]  # the first stage keeps lower index
+    reranked = sorted(kept, key=lambda g: (-second[g], g in positives, g))  # positives after tied wrong ones
+    rest = sorted(set(range(len(first))) - set(kept), key=lambda g: (-first[g], g in positives, g))
+    final = reranked + rest
     return min(final.index(g) for g in positives)
 
 
@@ -128,15 +129,48 @@ def test_hand_made_three_images() -> None:
     assert metrics["text_to_image_median_rank"] == 1.0
 
 
-def test_tie_rule_lower_index_first() -> None:
+def test_tie_rule_is_pessimistic_on_a_constant_score_matrix() -> None:
     owner = np.array([0, 0, 1, 1, 2, 2])
     metrics = recall_at_k_from_scores(torch.zeros(3, 6), owner)  # everything ties
-    # i2t ranks: image 0 -> caption 0 at 0; image 1 -> caption 2 at 2; image 2 -> caption 4 at 4
-    assert metrics["image_to_text_R@1"] == pytest.approx(100 / 3)
-    assert metrics["image_to_text_median_rank"] == 3.0
-    # t2i ranks are the owner indices 0,0,1,1,2,2 -> R@1 = 2/6; median of 0-based ranks is 1 -> 2
-    assert metrics["text_to_image_R@1"] == pytest.approx(100 / 3)
-    assert metrics["text_to_image_median_rank"] == 2.0
+    # i2t: every image's captions come after the 4 wrong captions -> rank 4; t2i: after 2 wrong images -> rank 2
+    assert metrics["image_to_text_R@1"] == 0.0 and metrics["image_to_text_R@5"] == 100.0
+    assert metrics["image_to_text_median_rank"] == 5.0
+    assert metrics["text_to_image_R@1"] == 0.0 and metrics["text_to_image_R@5"] == 100.0
+    assert metrics["text_to_image_median_rank"] == 3.0
+    assert metrics["rsum"] == 400.0
+    # 20 images, one caption each: a constant scorer ranks every positive last -> no recall at all, not 100%
+    constant = recall_at_k_from_scores(torch.ones(20, 20), np.arange(20))
+    assert constant["rsum"] == 0.0
+    assert constant["image_to_text_median_rank"] == constant["text_to_image_median_rank"] == 20.0
+    same = rank_dual(torch.ones(20, 4), torch.ones(20, 4), np.arange(20))  # a dual with one embedding
+    assert same["rsum"] == 0.0
+
+
+def test_text_identical_captions_are_one_query() -> None:
+    # captions 0 and 2 read "flag" (images 0 and 1); caption 1 "flag: France" (image 0); caption 3 "cat" (image 2)
+    owner = np.array([0, 0, 1, 2])
+    texts = ["flag", "flag: France", "Flag.", "cat"]
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.9, 0.0],  # image 0: "flag" first -> hit
+            [0.2, 0.8, 0.2, 0.0],  # image 1: "flag: France" (not its text) beats its "flag" -> rank 1
+            [0.0, 0.0, 0.0, 0.5],  # image 2: "cat" first -> hit
+        ]
+    )
+    plain = recall_at_k_from_scores(scores, owner)
+    merged = recall_at_k_from_scores(scores, owner, caption_texts=texts)
+    assert merged["num_captions"] == 3 and plain["num_captions"] == 4
+    assert merged["image_to_text_R@1"] == pytest.approx(200 / 3)
+    # text queries: "flag" is correct for images 0 and 1 (0.9 best) -> hit; "flag: France": image 1 (0.8) ranks
+    # above its image 0 -> miss; "cat" -> hit. Per caption, caption 2 ("Flag.", image 1 only) would be a miss.
+    assert merged["text_to_image_R@1"] == pytest.approx(200 / 3)
+    assert plain["text_to_image_R@1"] == pytest.approx(50.0)
+    images, captions = torch.randn(3, 5), torch.randn(4, 5)
+    captions[2] = captions[0]  # a dual embeds identical texts identically
+    assert_metrics_equal(
+        rank_dual(images, captions, owner, caption_texts=texts),
+        recall_at_k_from_scores(images @ captions.T, owner, caption_texts=texts),
+    )
 
 
 def test_bad_inputs_rejected() -> None:

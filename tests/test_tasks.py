@@ -154,6 +154,33 @@ def test_teacher_then_dcd_students_then_cascade(workspace: dict) -> None:
     assert rows[str(root / "teacher" / "best")]["kind"] == "cross"
 
 
+def test_dcd_with_fresh_candidates_and_a_named_weighting(workspace: dict) -> None:
+    """One mining round per epoch, the weighted loss without InfoNCE: the cache holds a round per epoch and the
+    log carries the effective sample sizes. Needs the teacher of the test above."""
+    root, configs = workspace["root"], workspace["configs"]
+    if not (root / "teacher" / "best").exists():
+        assert main(["train-teacher", "--config", str(configs["teacher"]), "--quiet"]) == 0
+    config = yaml.safe_load(configs["dcd_dual"].read_text())
+    config.update(
+        out=str(root / "dcd_fresh"),
+        teacher_cache=str(root / "teacher_cache_fresh"),
+        fresh_candidates=True,
+        infonce_weight=0.0,
+        loss={"name": "weighted", "options": {"label_weighting": "mixed", "distill_weighting": "confidence"}},
+        train={"epochs": 2, "lr": 0.01, "log_every": 1},
+    )
+    path = root / "dcd_fresh.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["distill", "--config", str(path), "--quiet"]) == 0
+    (folder,) = (root / "teacher_cache_fresh").iterdir()
+    assert folder.name.endswith("-sametext")
+    assert len(list(folder.glob("round-*.safetensors"))) == 4  # 2 epochs x 2 directions
+    logged = [json.loads(line) for line in (root / "dcd_fresh" / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in logged if "label_ess" in line]
+    assert steps and all(1.0 <= line["label_ess"] <= 8.0 for line in steps)  # 8 anchors per batch
+    assert all("infonce" in line for line in steps)
+
+
 def test_unset_loss_fields_keep_each_loss_own_defaults():
     from dcd_itr.distill.losses import build_loss
     from dcd_itr.tasks.distill import LossConfig, _loss_options

@@ -206,7 +206,8 @@ def test_dcd_into_the_position_aware_dual_with_twins_in_every_pool(workspace: di
     split = load_split(data, "train")
     twins = split_twin_rows(data, split)
     (folder,) = [p for p in (root / "teacher_cache").iterdir() if p.is_dir()]
-    assert json.loads((folder / "manifest.json").read_text())["extra"] == {"twin_negatives": True}
+    extra = json.loads((folder / "manifest.json").read_text())["extra"]
+    assert extra == {"exclude_same_text": True, "twin_negatives": True}
     for direction in ("image_to_text", "text_to_image"):
         pools = load_file(str(folder / f"round-0000-{direction}.safetensors"))["candidates"]  # (A, P)
         expected = twin_pool_negatives(split, twins, direction)[:, 0]

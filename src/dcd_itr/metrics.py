@@ -8,9 +8,15 @@ Protocol (Karpathy-split image-text retrieval):
 - a query is a hit at K when its 0-based rank is ``< K``; Recall@K is reported as a percentage; RSUM is the sum of
   the six recalls; the median rank is 1-based, ``floor(median(0-based ranks)) + 1`` (the VSE++/SCAN convention).
 
-**Tie rule** (deterministic, used everywhere in this package): among equal scores the candidate with the lower
-index ranks first, i.e. the 0-based rank of candidate ``g`` is ``#(score > s_g) + #(score == s_g and index < g)``.
-Under this rule the best-ranked positive of a query is the positive with the highest score, lowest index on ties.
+**Tie rule** (pessimistic): a correct candidate ranks after every wrong candidate with an equal score, i.e. the
+0-based rank of a query's best positive, with score b, is ``#(score > b) + #(wrong candidates with score == b)``.
+A model that scores everything alike gets the recall of the worst order, not 100%. (Which candidates a cascade's
+first stage keeps is a separate choice: :func:`top_k_candidates` breaks ties to the lower index.)
+
+**Text-identical captions** (``caption_texts=``, optional): captions whose normalised text is equal
+(:mod:`dcd_itr.data.same_text`) are one query and one candidate — the first of them stands for all — correct for
+every image that has that text. Then ``num_captions`` counts distinct texts. Without ``caption_texts`` every
+caption is its own query and candidate, correct only for its own image.
 
 Scores are "higher is better" and may be any real dtype; NaN scores are rejected.
 """
@@ -19,12 +25,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from dcd_itr.data.same_text import TextGroups
 from dcd_itr.io_utils import write_json_atomic
 
 RECALL_KS = (1, 5, 10)  # the cutoffs every published image-text retrieval table reports
@@ -32,33 +39,28 @@ DIRECTIONS = ("image_to_text", "text_to_image")
 BLOCK_SIZE = 1024  # query rows per block: 1024 x 25K float32 = 100 MB, bounded yet big enough to be fast
 # A query block: (query rows, their scores (B, C) against all candidates).
 Blocks = Iterator[tuple[slice, torch.Tensor]]
+# rows of a block of queries -> (B, C) bool: which candidates are correct for each query
+PositiveFn = Callable[[slice], torch.Tensor]
 
 
-def best_target_ranks(
-    scores: torch.Tensor, positive_mask: torch.Tensor, candidate_ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    """0-based rank of each row's best-ranked positive candidate, under the tie rule.
+def best_target_ranks(scores: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each row's best-ranked positive candidate, under the (pessimistic) tie rule.
 
     ``scores`` (B, C) are higher-is-better and free of NaN; ``positive_mask`` (B, C) marks the correct candidates
-    of each row; ``candidate_ids`` (B, C) are the indices that break ties (default: the column index). Returns
-    int64 (B,); a row without any positive gets C. The per-positive work is done on the few positives only.
+    of each row. Returns int64 (B,): the candidates scored above the best positive plus the wrong ones tied with
+    it; a row without any positive gets C.
     """
     if not scores.is_floating_point():
         scores = scores.double()  # integer scores: exact in float64, and -inf needs a float dtype
     num_rows, num_columns = scores.shape
     row, column = positive_mask.nonzero(as_tuple=True)  # (P,), (P,)
-    positive_scores = scores[row, column]  # (P,)
-    positive_ids = column if candidate_ids is None else candidate_ids[row, column]  # (P,)
     best_score = scores.new_full((num_rows,), -math.inf)  # (B,)
-    best_score = best_score.scatter_reduce(0, row, positive_scores, "amax")
-    is_best = positive_scores == best_score[row]  # (P,)
-    no_id = torch.full((num_rows,), torch.iinfo(torch.int64).max, device=scores.device)
-    best_id = no_id.scatter_reduce(0, row[is_best], positive_ids[is_best], "amin")  # (B,)
-    if candidate_ids is None:
-        candidate_ids = torch.arange(num_columns, device=scores.device)[None, :]  # (1, C)
-    best_score, best_id = best_score[:, None], best_id[:, None]  # (B, 1)
-    ahead = (scores > best_score) | ((scores == best_score) & (candidate_ids < best_id))  # (B, C)
-    return ahead.sum(dim=1)
+    best_score = best_score.scatter_reduce(0, row, scores[row, column], "amax")[:, None]  # (B, 1)
+    ahead = (scores > best_score) | ((scores == best_score) & ~positive_mask)  # (B, C)
+    ranks = ahead.sum(dim=1)
+    has_positive = torch.zeros(num_rows, dtype=torch.bool, device=scores.device)
+    has_positive[row] = True
+    return torch.where(has_positive, ranks, torch.full_like(ranks, num_columns))
 
 
 def check_no_nan(values: torch.Tensor, what: str) -> None:
@@ -87,6 +89,37 @@ def direction_labels(
     captions = torch.as_tensor(owners, dtype=torch.int64, device=device)  # (M,)
     images = torch.arange(num_images, device=device)  # (N,)
     return (images, captions) if direction == "image_to_text" else (captions, images)
+
+
+def direction_positives(
+    caption_to_image: np.ndarray | torch.Tensor,
+    num_images: int,
+    direction: str,
+    device: torch.device | None = None,
+    groups: TextGroups | None = None,
+) -> PositiveFn:
+    """Which candidates are correct for a block of queries (see :data:`PositiveFn`).
+
+    Without ``groups``: label equality (:func:`direction_labels`). With ``groups``: queries and candidates on the
+    caption side are the text groups (distinct normalised texts), and image i / group g match when image i has
+    text g.
+    """
+    query_labels, candidate_labels = direction_labels(caption_to_image, num_images, direction, device)
+    if groups is None:
+        return lambda rows: candidate_labels[None, :] == query_labels[rows, None]
+    images = torch.arange(num_images, device=device)  # (N,)
+    all_groups = torch.arange(groups.num_groups, device=device)  # (G,)
+    if direction == "image_to_text":
+        return lambda rows: groups.related_groups(images[rows, None], all_groups[None, :])  # (B, G)
+    return lambda rows: groups.related_groups(images[None, :], all_groups[rows, None])  # (B, N)
+
+
+def _text_groups(caption_texts: Sequence[str] | None, caption_to_image) -> TextGroups | None:
+    """The text groups when ``caption_texts`` are given and some text repeats; None otherwise."""
+    if caption_texts is None:
+        return None
+    groups = TextGroups.from_captions(caption_texts, caption_to_image)
+    return groups if groups.has_duplicates else None
 
 
 def metrics_from_ranks(
@@ -145,11 +178,14 @@ def ranks_from_blocks(
     blocks: Blocks, query_labels: torch.Tensor, candidate_labels: torch.Tensor
 ) -> torch.Tensor:
     """0-based ranks (Q,) of each query's best positive, one block of queries at a time."""
-    ranks = []
-    for rows, block in blocks:
-        positive = candidate_labels[None, :] == query_labels[rows, None]  # (B, C)
-        ranks.append(best_target_ranks(block, positive).cpu())
-    return torch.cat(ranks)
+    return ranks_from_positive_blocks(
+        blocks, lambda rows: candidate_labels[None, :] == query_labels[rows, None]
+    )
+
+
+def ranks_from_positive_blocks(blocks: Blocks, positives: PositiveFn) -> torch.Tensor:
+    """0-based ranks (Q,) of each query's best positive, ``positives(rows)`` (B, C) marking the correct ones."""
+    return torch.cat([best_target_ranks(block, positives(rows)).cpu() for rows, block in blocks])
 
 
 @torch.inference_mode()
@@ -157,6 +193,7 @@ def recall_at_k_from_scores(
     scores: torch.Tensor | np.ndarray,
     caption_to_image: np.ndarray | torch.Tensor,
     block_size: int = BLOCK_SIZE,
+    caption_texts: Sequence[str] | None = None,  # given: text-identical captions are one query (module doc)
 ) -> dict[str, Any]:
     """Recall@1/5/10 both directions, RSUM and median ranks from a full image x caption score matrix (N, M).
 
@@ -165,10 +202,13 @@ def recall_at_k_from_scores(
     scores = torch.as_tensor(scores)
     if scores.ndim != 2 or scores.shape[1] != len(caption_to_image):
         raise ValueError(f"scores {tuple(scores.shape)} must be (N, {len(caption_to_image)} captions)")
+    groups = _text_groups(caption_texts, caption_to_image)
+    if groups is not None:
+        scores = scores[:, groups.representatives.to(scores.device)]  # (N, G)
     ranks = []
     for direction in DIRECTIONS:
-        labels = direction_labels(caption_to_image, scores.shape[0], direction, scores.device)
-        ranks.append(ranks_from_blocks(matrix_blocks(scores, direction, block_size), *labels))
+        positives = direction_positives(caption_to_image, scores.shape[0], direction, scores.device, groups)
+        ranks.append(ranks_from_positive_blocks(matrix_blocks(scores, direction, block_size), positives))
     return metrics_from_ranks(*ranks)
 
 
@@ -178,6 +218,7 @@ def rank_dual(
     text_embeddings: torch.Tensor | np.ndarray,
     caption_to_image: np.ndarray | torch.Tensor,
     block_size: int = BLOCK_SIZE,
+    caption_texts: Sequence[str] | None = None,  # given: text-identical captions are one query (module doc)
 ) -> dict[str, Any]:
     """Recall@K, RSUM and median ranks of a dual encoder from its embeddings (N, D) and (M, D).
 
@@ -188,10 +229,15 @@ def rank_dual(
     texts = torch.as_tensor(text_embeddings).to(images.device)
     if len(caption_to_image) != len(texts):
         raise ValueError(f"{len(texts)} text embeddings but caption_to_image has {len(caption_to_image)}")
+    groups = _text_groups(caption_texts, caption_to_image)
+    if groups is not None:
+        texts = texts[groups.representatives.to(texts.device)]  # (G, D)
     ranks = []
     for direction in DIRECTIONS:
-        labels = direction_labels(caption_to_image, len(images), direction, images.device)
-        ranks.append(ranks_from_blocks(similarity_blocks(images, texts, direction, block_size), *labels))
+        positives = direction_positives(caption_to_image, len(images), direction, images.device, groups)
+        ranks.append(
+            ranks_from_positive_blocks(similarity_blocks(images, texts, direction, block_size), positives)
+        )
     return metrics_from_ranks(*ranks)
 
 
@@ -217,20 +263,19 @@ def top_k_candidates(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def cascade_ranks(
     first_stage_ranks: torch.Tensor,
-    candidate_ids: torch.Tensor,
     candidate_positive: torch.Tensor,
     rerank_scores: torch.Tensor,
 ) -> torch.Tensor:
     """0-based ranks after re-ranking each query's first-stage top k.
 
-    The final list is the k candidates in second-stage order (ties to the lower candidate index), then every other
-    candidate in first-stage order. So a query with a positive among its k candidates gets that positive's rank
-    within the re-ranked k, and any other query keeps its first-stage rank (all k candidates were ahead of it
-    before and still are). Shapes: ``first_stage_ranks`` (B,); ``candidate_ids``, ``candidate_positive``,
+    The final list is the k candidates in second-stage order (a positive after the wrong candidates it ties
+    with), then every other candidate in first-stage order. So a query with a positive among its k candidates gets
+    that positive's rank within the re-ranked k, and any other query keeps its first-stage rank (all k candidates
+    were ahead of it before and still are). Shapes: ``first_stage_ranks`` (B,); ``candidate_positive``,
     ``rerank_scores`` (B, k).
     """
     check_no_nan(rerank_scores, "second-stage scores")
-    reranked = best_target_ranks(rerank_scores, candidate_positive, candidate_ids)  # (B,)
+    reranked = best_target_ranks(rerank_scores, candidate_positive)  # (B,)
     return torch.where(candidate_positive.any(dim=1), reranked, first_stage_ranks)
 
 
@@ -277,7 +322,7 @@ def cascade_recall_from_scores(
         direction_ranks = []
         for (_, first_ranks, candidates, positive), (_, second_block) in stages:
             rerank = second_block.cpu().gather(1, candidates)  # (B, k)
-            direction_ranks.append(cascade_ranks(first_ranks, candidates, positive, rerank))
+            direction_ranks.append(cascade_ranks(first_ranks, positive, rerank))
             pairs_scored += candidates.numel()
         ranks.append(torch.cat(direction_ranks))
     return {**metrics_from_ranks(*ranks), "cascade_k": k, "pairs_scored": pairs_scored}

@@ -29,6 +29,7 @@ FONT_SIZE = 12
 BLOCK_GAP = 10  # between queries
 CORRECT = (0, 150, 60)
 TARGET = (40, 90, 200)
+TWIN = (230, 120, 0)  # the swapped twin of the correct scene (scenes benchmark)
 OTHER = (210, 210, 210)
 CELL = TILE + 2 * FRAME
 
@@ -39,29 +40,37 @@ def pick_queries(split: RetrievalSplit, count: int) -> list[int]:
     return [int((index + 0.5) * split.num_captions / count) for index in range(count)]
 
 
-def sheet_size(num_queries: int, num_systems: int, k: int) -> tuple[int, int]:
-    """(width, height) in pixels of a sheet of ``num_queries`` blocks with ``num_systems`` top-``k`` rows."""
+def sheet_size(num_queries: int, num_systems: int, k: int, twins: bool = False) -> tuple[int, int]:
+    """(width, height) in pixels of a sheet of ``num_queries`` blocks with ``num_systems`` top-``k`` rows (and
+    the swapped twin beside the correct image when ``twins``)."""
     group = k * CELL + (k - 1) * GAP
-    width = 2 * MARGIN + CELL + num_systems * (GROUP_GAP + group)
+    width = 2 * MARGIN + CELL + (CELL + GAP if twins else 0) + num_systems * (GROUP_GAP + group)
     block = 2 * LINE + CELL + LINE + BLOCK_GAP
     return width, 2 * MARGIN + LINE + 4 + num_queries * block
 
 
 def correct_positions(
-    split: RetrievalSplit, queries: Sequence[int], systems: Mapping[str, Sequence[Sequence[int]]], k: int
+    split: RetrievalSplit,
+    queries: Sequence[int],
+    systems: Mapping[str, Sequence[Sequence[int]]],
+    k: int,
+    twins: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Per query: its caption, its image and, per system, the 1-based place of the correct image in the top
-    ``k`` (None when it is not there)."""
+    ``k`` (None when it is not there); with ``twins`` (each image's twin row), also the twin's place."""
     rows = []
     for query in queries:
         target = int(split.caption_to_image[query])
-        places = {}
+        places, twin_places = {}, {}
+        twin = int(twins[target]) if twins is not None else None
         for name, ranking in systems.items():
             top = [int(row) for row in ranking[query][:k]]
             places[name] = top.index(target) + 1 if target in top else None
-        rows.append(
-            {"caption_row": query, "caption": split.captions[query], "image_row": target, "places": places}
-        )
+            twin_places[name] = top.index(twin) + 1 if twin is not None and twin in top else None
+        row = {"caption_row": query, "caption": split.captions[query], "image_row": target, "places": places}
+        if twin is not None:
+            row |= {"twin_row": twin, "twin_places": twin_places}
+        rows.append(row)
     return rows
 
 
@@ -89,10 +98,14 @@ def example_sheet(
     path: str | Path,
     k: int = 5,
     title: str | None = None,
+    twins: Sequence[int] | None = None,
 ) -> Path:
     """Write the sheet (see the module docstring) to ``path`` atomically; ``systems``: display name -> each
-    caption's ranked image rows (M lists, best first). Its size is :func:`sheet_size`."""
-    width, height = sheet_size(len(queries), len(systems), k)
+    caption's ranked image rows (M lists, best first). ``twins`` (each image's swapped-twin row, scenes): the
+    twin is shown beside the correct image and framed in orange wherever a system ranks it. Its size is
+    :func:`sheet_size`."""
+    width, height = sheet_size(len(queries), len(systems), k, twins is not None)
+    left = CELL + (CELL + GAP if twins is not None else 0)  # the correct image (and its twin)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=FONT_SIZE)
@@ -106,8 +119,12 @@ def example_sheet(
         draw.text((MARGIN, y), _fit(draw, text, font, width - 2 * MARGIN), fill="black", font=font)
         draw.text((MARGIN, y + LINE), "correct", fill=TARGET, font=font)
         _tile(sheet, draw, split.image_paths[target], MARGIN, y + 2 * LINE, TARGET, FRAME)
+        twin = int(twins[target]) if twins is not None else -1
+        if twin >= 0:
+            draw.text((MARGIN + CELL + GAP, y + LINE), "its twin", fill=TWIN, font=font)
+            _tile(sheet, draw, split.image_paths[twin], MARGIN + CELL + GAP, y + 2 * LINE, TWIN, FRAME)
         for column, (name, ranking) in enumerate(systems.items()):
-            x0 = MARGIN + CELL + GROUP_GAP + column * (group + GROUP_GAP)
+            x0 = MARGIN + left + GROUP_GAP + column * (group + GROUP_GAP)
             ranked = [int(row) for row in ranking[query][:k]]
             place = ranked.index(target) + 1 if target in ranked else None
             found = f"correct at {place}" if place else f"correct not in top {k}"
@@ -116,7 +133,7 @@ def example_sheet(
             for rank, row in enumerate(ranked):
                 x = x0 + rank * (CELL + GAP)
                 hit = row == target
-                colour, frame = (CORRECT, FRAME) if hit else (OTHER, 1)
+                colour, frame = (CORRECT, FRAME) if hit else (TWIN, FRAME) if row == twin else (OTHER, 1)
                 _tile(sheet, draw, split.image_paths[row], x, y + 2 * LINE, colour, frame)
                 label = split.captions[split.image_to_captions[row][0]]  # the image's first caption
                 draw.text(

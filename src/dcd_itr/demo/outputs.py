@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dcd_itr.data.emoji import DEFAULT_SEED
+from dcd_itr.data.scene_annotations import split_twin_index
 from dcd_itr.demo.environment import describe_machine, package_versions
 from dcd_itr.demo.examples import correct_positions, example_sheet, pick_queries
 from dcd_itr.demo.ledger import LEDGER_FILE, file_digest
@@ -20,14 +21,21 @@ from dcd_itr.demo.report import (
     metrics_by_system,
     summary_note,
     summary_table,
+    system_label,
     write_report,
 )
 from dcd_itr.errors import CorruptFileError
+from dcd_itr.evaluate.models import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.search.build import index_build
 from dcd_itr.search.gallery import Gallery
 from dcd_itr.speed.runner import BenchConfig, bench_command_line, run_benchmark
 
+PATHS_ONLY_FILE = "paths_only.json"  # test metrics of the teacher with its fusion term removed
+# `dcd demo` folders per benchmark: the emoji ones are those of earlier releases, so a finished emoji run is reused;
+# the scenes run gets its own (a feature cache is laid out by view and split, so two datasets cannot share one)
+DEFAULT_RESULTS = {"scenes": "results/demo_scenes", "emoji": "results/demo"}
+DEFAULT_CACHE = {"scenes": "cache/features_scenes", "emoji": "cache/features"}
 SPEED_FILES = ["speed.json", "speed.md", "speed_plot.png", "top_images.json", "test_metrics.json"]
 
 
@@ -52,20 +60,30 @@ def evaluate_and_speed_stage(run: DemoRun, models: TrainedModels) -> dict[str, A
     )
     bench.command = bench_command_line(bench)
 
+    paths_only = models.teacher.get("paths_only")
+
     def speed_action() -> dict[str, Any]:
         environment, packages = describe_machine(), package_versions()  # before: the load average at start
         payload = run_benchmark(bench)
-        write_json_atomic(results / "test_metrics.json", metrics_by_system(payload))
+        if paths_only:  # the interaction gain's reference: the teacher with its fusion term removed
+            reference = evaluate_model(Path(paths_only), run.data_arg, run.cache_dir, "test", progress=False)
+            write_json_atomic(results / PATHS_ONLY_FILE, reference)
+        write_json_atomic(
+            results / "test_metrics.json", metrics_by_system(payload, paths_only_metrics(results))
+        )
         write_text_atomic(results / "summary.md", summary_note(payload) + "\n\n" + summary_table(payload))
         return {"environment": environment, "packages": packages}
 
     students = {"dual": models.dual, "cross": models.cross, "teacher": models.teacher}
+    # scenes-only inputs are added only there, so a finished emoji run keeps the fingerprints it was recorded with
+    scenes_inputs = {"paths_only": file_digest(Path(paths_only) / "model.yaml")} if paths_only else {}
     return run.ledger.run(
         "evaluate + speed (test split, from raw images)",
         {
             "data": run.data_fingerprint,
             "models": {role: stage["weights"] for role, stage in students.items()},
             "baseline": models.baseline["weights"],
+            **scenes_inputs,
             "settings": {
                 "split": bench.split,
                 "cascade_ks": bench.cascade_ks,
@@ -77,7 +95,8 @@ def evaluate_and_speed_stage(run: DemoRun, models: TrainedModels) -> dict[str, A
             },
         },
         speed_action,
-        outputs=[results / name for name in [*SPEED_FILES, "summary.md"]],
+        outputs=[results / name for name in [*SPEED_FILES, "summary.md"]]
+        + ([results / PATHS_ONLY_FILE] if paths_only else []),
     )
 
 
@@ -123,18 +142,24 @@ def examples_stage(run: DemoRun) -> dict[str, Any]:
 
     def examples_action() -> dict[str, Any]:
         top, test = json.loads(top_path.read_text(encoding="utf-8")), run.splits["test"]
+        names = [*SYSTEM_LABELS, BASELINE_NAME] if run.plan.has_twins else list(SYSTEM_LABELS)
         systems = {
-            SYSTEM_LABELS[name]: top["text_to_image"][name]
-            for name in SYSTEM_LABELS
-            if name in top["text_to_image"]
+            system_label(name): top["text_to_image"][name] for name in names if name in top["text_to_image"]
         }
         queries = pick_queries(test, run.plan.example_queries)
+        twins = split_twin_index(run.data_arg, "test") if run.plan.has_twins else None
         title = (
             f"Text queries from the test split ({test.num_images} images): each system's top {top['k']} images, "
             "best first; green frame = the correct image"
+            + (
+                "; orange = its swapped twin (same objects, the related two exchanged)"
+                if twins is not None
+                else ""
+            )
         )
-        example_sheet(test, queries, systems, sheet, top["k"], title)
-        return {"k": top["k"], "rows": correct_positions(test, queries, systems, top["k"])}
+        example_sheet(test, queries, systems, sheet, top["k"], title, twins)
+        rows = correct_positions(test, queries, systems, top["k"], twins)
+        return {"k": top["k"], "rows": rows}
 
     return run.ledger.run(
         "example queries",
@@ -142,6 +167,7 @@ def examples_stage(run: DemoRun) -> dict[str, Any]:
             "data": run.data_fingerprint,
             "rankings": file_digest(top_path),
             "queries": run.plan.example_queries,
+            **({"twins": True} if run.plan.has_twins else {}),  # emoji: the fingerprint it was recorded with
         },
         examples_action,
         outputs=[sheet],
@@ -153,7 +179,12 @@ def report_stage(
 ) -> Path:
     """``RESULTS/report.md``: the table, the plot, the examples, the configs, the machine and the stages."""
     results, ledger = run.results_dir, run.ledger
-    commands = search_commands(results, models.cross["best"], run.plan.search_query)
+    teacher_note = (
+        f"packaged teacher from `{models.teacher['packaged']}`, made by `{models.teacher['command']}`"
+        if models.teacher.get("packaged")
+        else None
+    )
+    commands = search_commands(results, models.cross["best"], search_query(run, examples))
     configs = {
         "baseline dual (InfoNCE, no teacher)": Path(models.baseline["config"]),
         "teacher": Path(models.teacher["config"]),
@@ -180,7 +211,9 @@ def report_stage(
             packages=measured["packages"],
             stages=stages,
             search_commands=commands,
-            command=demo_command(run.data_dir, results, run.seed, run.cache_dir),
+            command=demo_command(run),
+            paths_only=paths_only_metrics(results),
+            teacher_note=teacher_note,
             test_sheet=results / "test_contact_sheet.png",
             ablation=ablation,
             extra_files={
@@ -205,6 +238,12 @@ def report_stage(
             "measured": measured,
             "examples": examples,
             "commands": commands,
+            # scenes only: a finished emoji run keeps the fingerprint it was recorded with
+            **(
+                {"paths_only": file_digest(results / PATHS_ONLY_FILE), "teacher_note": teacher_note}
+                if run.plan.has_twins
+                else {}
+            ),
         },
         report_action,
         outputs=[report_path],
@@ -221,15 +260,29 @@ def search_commands(results_dir: Path, cross: str, query: str) -> list[str]:
     ]
 
 
-def demo_command(data_dir: Path, results_dir: Path, seed: int, cache_dir: Path) -> str:
+def search_query(run: DemoRun, examples: dict[str, Any]) -> str:
+    """The plan's example search, else the first example query (a caption of a scene in the index)."""
+    if run.plan.search_query:
+        return run.plan.search_query
+    return examples["rows"][0]["caption"] if examples["rows"] else "a cat face to the left of a pizza"
+
+
+def paths_only_metrics(results: Path) -> dict[str, Any] | None:
+    """The teacher-without-fusion metrics the speed stage wrote, or None (emoji benchmark)."""
+    path = results / PATHS_ONLY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def demo_command(run: DemoRun) -> str:
     """``dcd demo`` with the options that differ from the defaults."""
-    parts = ["dcd demo"]
+    plan = run.plan
+    parts = ["dcd demo"] + (["--benchmark", plan.benchmark] if plan.benchmark != "scenes" else [])
     for flag, value, default in (
-        ("--data-dir", data_dir, Path("data/emoji")),
-        ("--results", results_dir, Path("results/demo")),
-        ("--seed", seed, DEFAULT_SEED),
-        ("--cache", cache_dir, Path("cache/features")),
+        ("--data-dir", run.data_dir, Path(f"data/{plan.benchmark}")),
+        ("--results", run.results_dir, Path(DEFAULT_RESULTS[plan.benchmark])),
+        ("--seed", run.seed, DEFAULT_SEED),
+        ("--cache", run.cache_dir, Path(DEFAULT_CACHE[plan.benchmark])),
     ):
         if value != default:
             parts += [flag, shlex.quote(str(value))]
-    return " ".join(parts)
+    return " ".join(parts + (["--retrain-teacher"] if plan.retrain_teacher else []))

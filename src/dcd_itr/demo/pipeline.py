@@ -1,6 +1,8 @@
-"""`dcd demo`: the main job on the embedded default, the emoji benchmark, stage by stage.
+"""`dcd demo`: the main job, stage by stage, on the emoji-scenes relation benchmark (the showcase,
+:func:`~dcd_itr.demo.plan.scenes_plan`) or the single-emoji benchmark (``--benchmark emoji``).
 
-    data -> preview -> features -> baseline dual -> teacher -> DCD dual and cross students
+    data -> preview -> features -> baseline dual -> teacher (trained, or the packaged one, checked)
+         -> DCD dual and cross students
          -> evaluate + speed (every system ranks the test split once, from raw images) -> index
          -> example queries -> report
 
@@ -29,8 +31,10 @@ from dcd_itr.demo.outputs import (
     evaluate_and_speed_stage,
     examples_stage,
     index_stage,
+    paths_only_metrics,
     report_stage,
     search_commands,
+    search_query,
 )
 from dcd_itr.demo.plan import DemoPlan, DemoRun, TrainedModels
 from dcd_itr.demo.prepare import data_stage, features_stage, preview_stage
@@ -49,7 +53,8 @@ def demo(
     cache_dir: Path = Path("cache/features"),
     plan: DemoPlan | None = None,
 ) -> Path:
-    """Run the pipeline on the emoji benchmark (or ``plan.dataset``); return the report's path."""
+    """Run the pipeline of ``plan`` (default: the emoji benchmark's :class:`DemoPlan`; ``plan.dataset`` when set);
+    return the report's path."""
     started = time.perf_counter()
     if fresh:
         for folder in (results_dir, cache_dir):
@@ -65,21 +70,23 @@ def demo(
     index_stage(run, models.dual)
     examples = examples_stage(run)
     report_path = report_stage(run, models, measured, examples)
-    print_summary(run, started, report_path, models)
+    print_summary(run, started, report_path, models, examples)
     return report_path
 
 
-def print_summary(run: DemoRun, started: float, report_path: Path, models: TrainedModels) -> None:
+def print_summary(
+    run: DemoRun, started: float, report_path: Path, models: TrainedModels, examples: dict
+) -> None:
     speed = json.loads((run.results_dir / "speed.json").read_text(encoding="utf-8"))
     reused = sum(outcome.reused for outcome in run.ledger.outcomes)
     print()
     print(summary_note(speed))
     print()
-    print(summary_table(speed))
+    print(summary_table(speed, paths_only_metrics(run.results_dir)))
     print(
         f"demo finished in {time.perf_counter() - started:.1f} s ({reused} of {len(run.ledger.outcomes)} stages "
         f"reused); report: {report_path}"
     )
     print("search what it built:")
-    for command in search_commands(run.results_dir, models.cross["best"], run.plan.search_query):
+    for command in search_commands(run.results_dir, models.cross["best"], search_query(run, examples)):
         print(f"  {command}")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 from pathlib import Path
+from typing import Any
 
 from dcd_itr import __version__
 from dcd_itr.data.emoji import DATASET_FILENAME, build_emoji_dataset, emoji_dataset_is_current
 from dcd_itr.data.emoji_source import find_font
 from dcd_itr.data.loading import load_dataset, resolve_dataset_file
-from dcd_itr.data.preview import split_contact_sheet
+from dcd_itr.data.preview import split_contact_sheet, twin_contact_sheet
+from dcd_itr.data.scene_files import DATASET_FILENAME as SCENES_FILENAME
+from dcd_itr.data.scenes import build_scenes_dataset
 from dcd_itr.data.statistics import dataset_statistics
 from dcd_itr.demo.ledger import digest, file_digest
 from dcd_itr.demo.plan import DemoRun
@@ -23,9 +28,61 @@ def build_or_reuse_emoji(data_dir: Path, seed: int, fresh: bool) -> Path:
     return build_emoji_dataset(data_dir, seed=seed)
 
 
+SIZE_KEYS = {"vocab": "vocab", "train_scenes": "train", "val_pairs": "val", "test_pairs": "test"}
+SIZE_KEYS |= {"objects": "objects", "canvas": "canvas"}  # builder option -> its key in info["sizes"]
+
+
+def scenes_sizes(options: dict[str, Any]) -> dict[str, int]:
+    """The ``info["sizes"]`` a build with these builder ``options`` records (the builder's defaults elsewhere)."""
+    defaults = inspect.signature(build_scenes_dataset).parameters
+    return {key: options.get(option, defaults[option].default) for option, key in SIZE_KEYS.items()}
+
+
+def scenes_dataset_is_current(data_dir: Path, seed: int, options: dict[str, Any]) -> bool:
+    """True when ``data_dir`` holds a complete scenes build with this seed and these sizes."""
+    try:
+        payload = json.loads((data_dir / SCENES_FILENAME).read_text(encoding="utf-8"))
+        info, images = payload["info"], payload["images"]
+        present = all((data_dir / i["filepath"] / i["filename"]).is_file() for i in images)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return info.get("seed") == seed and info.get("sizes") == scenes_sizes(options) and present
+
+
+def build_or_reuse_scenes(run: DemoRun, options: dict[str, Any]) -> Path:
+    """A complete build already in ``--data-dir`` (e.g. from `dcd data scenes`) with this seed and these sizes is
+    reused; otherwise the benchmark is built there."""
+    if not run.fresh and scenes_dataset_is_current(run.data_dir, run.seed, options):
+        print(f"  reusing {run.data_dir / SCENES_FILENAME} (same seed and sizes)")
+        return run.data_dir / SCENES_FILENAME
+    return build_scenes_dataset(run.data_dir, seed=run.seed, progress=run.plan.progress, **options)
+
+
+def scenes_data_stage(run: DemoRun) -> Path:
+    """Build the emoji-scenes benchmark into ``--data-dir`` (reused while its seed, sizes and font are the same)."""
+    options = dict(run.plan.scenes_options)
+    sources = {key: str(value) for key, value in options.items() if key in ("cldr_dir", "emoji_data")}
+    return Path(
+        run.ledger.run(
+            "data",
+            {
+                "font": file_sha256(find_font()),
+                "seed": run.seed,
+                "options": options | sources,
+                "builder": __version__,
+            },
+            lambda: str(build_or_reuse_scenes(run, options)),
+            outputs=[run.data_dir / SCENES_FILENAME],
+            check=lambda _: scenes_dataset_is_current(run.data_dir, run.seed, options),
+        )
+    )
+
+
 def data_stage(run: DemoRun) -> None:
-    """Build (or reuse) the emoji benchmark, or take ``plan.dataset``; print its statistics."""
-    if run.plan.dataset is None:
+    """Build (or reuse) the plan's benchmark, or take ``plan.dataset``; print its statistics."""
+    if run.plan.dataset is None and run.plan.benchmark == "scenes":
+        run.data_arg, dataset_path = run.data_dir, scenes_data_stage(run)
+    elif run.plan.dataset is None:
         run.data_arg = run.data_dir
         dataset_path = Path(
             run.ledger.run(
@@ -48,7 +105,11 @@ def preview_stage(run: DemoRun) -> None:
     run.ledger.run(
         "preview",
         {"data": run.data_fingerprint},
-        lambda: str(split_contact_sheet(run.splits["test"], test_sheet)),
+        lambda: str(
+            twin_contact_sheet(resolve_dataset_file(run.data_arg), test_sheet)
+            if run.plan.has_twins
+            else split_contact_sheet(run.splits["test"], test_sheet)
+        ),
         outputs=[test_sheet],
     )
 

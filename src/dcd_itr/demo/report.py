@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcd_itr.demo.interaction import interaction_gain, interaction_gain_section
 from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.speed.common import format_ratio, format_seconds
 
@@ -27,6 +28,13 @@ BASELINE_NAME = "dual baseline (no teacher)"  # the bench run's name for the Inf
 METRICS = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
 HEADER = ["system", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "RSUM"]
 HEADER += ["% of teacher", "time to rank the test split", "speed-up vs teacher"]
+TWIN_KEYS = ["twin_text", "twin_image", "twin_group"]  # Winoground-style, % (chance 25 / 25 / 16.7)
+TWIN_HEADER = ["twin text", "twin image", "twin group"]
+PATHS_ONLY_LABEL = "teacher, fusion removed (paths only; not timed)"
+
+
+def has_twin_scores(payload: dict[str, Any]) -> bool:
+    return any("twin_group" in row["metrics"] for row in payload["ranking"])
 
 
 def system_label(name: str) -> str:
@@ -60,21 +68,38 @@ def summary_note(payload: dict[str, Any]) -> str:
     )
 
 
-def summary_table(payload: dict[str, Any]) -> str:
-    """The headline table (Markdown): R@1/5/10 both ways, RSUM, % of teacher, time to rank, speed-up."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|---|" + "---:|" * (len(HEADER) - 1)]
+def summary_table(payload: dict[str, Any], paths_only: dict[str, Any] | None = None) -> str:
+    """The headline table (Markdown): R@1/5/10 both ways, RSUM, % of teacher, time to rank, speed-up; on the
+    scenes benchmark also the twin text / image / group scores and the paths-only reference row."""
+    twins = has_twin_scores(payload)
+    header = HEADER[:8] + (TWIN_HEADER if twins else []) + HEADER[8:]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    teacher_rsum = next((row["rsum"] for row in payload["ranking"] if row["kind"] == "teacher"), None)
     for row in ordered_rows(payload):
         share = row["rsum_pct_of_teacher"]
         cells = [f"{row['metrics'][key]:.1f}" for key in METRICS] + [f"{row['rsum']:.1f}"]
+        cells += [_twin_cell(row["metrics"], key) for key in TWIN_KEYS] if twins else []
         cells += ["n/a" if share is None else f"{share:.1f}%", format_seconds(row["total_s"])]
         cells.append(format_ratio(row["speedup_over_teacher"]))
         lines.append(f"| {system_label(row['name'])} | " + " | ".join(cells) + " |")
+    if paths_only is not None:
+        share = f"{100 * paths_only['rsum'] / teacher_rsum:.1f}%" if teacher_rsum else "n/a"
+        cells = [f"{paths_only[key]:.1f}" for key in METRICS] + [f"{paths_only['rsum']:.1f}"]
+        cells += [_twin_cell(paths_only, key) for key in TWIN_KEYS] if twins else []
+        lines.append(f"| {PATHS_ONLY_LABEL} | " + " | ".join([*cells, share, "n/a", "n/a"]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def metrics_by_system(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``test_metrics.json``: each system's metrics and time, keyed by its table name."""
-    return {
+def _twin_cell(metrics: dict[str, Any], key: str) -> str:
+    return f"{metrics[key]:.1f}" if key in metrics else "n/a"
+
+
+def metrics_by_system(
+    payload: dict[str, Any], paths_only: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``test_metrics.json``: each system's metrics and time, keyed by its table name (plus the paths-only
+    reference and the interaction-gain retention when given)."""
+    systems = {
         system_label(row["name"]): {
             **row["metrics"],
             "total_s": row["total_s"],
@@ -82,6 +107,14 @@ def metrics_by_system(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
         }
         for row in ordered_rows(payload)
     }
+    if paths_only is not None:
+        systems[PATHS_ONLY_LABEL] = paths_only
+        for entry in interaction_gain(ordered_rows(payload), paths_only, system_label):
+            systems[entry["name"]] |= {
+                "interaction_gain_kept_rsum_pct": entry["rsum"],
+                "interaction_gain_kept_twin_group_pct": entry["twin_group"],
+            }
+    return systems
 
 
 @dataclass
@@ -100,6 +133,8 @@ class ReportInputs:
     stages: list[dict[str, Any]]  # {"name", "seconds", "finished"} of each stage's computation in use
     search_commands: list[str]
     command: str = "dcd demo"  # how the demo was started
+    paths_only: dict[str, Any] | None = None  # test metrics of the teacher without its fusion term (scenes)
+    teacher_note: str | None = None  # where the teacher came from when it was not trained by this run
     test_sheet: Path | None = None  # contact sheet of test images
     ablation: Path | None = None  # benchmarks/results/ablation.md, when it exists
     extra_files: dict[str, Path] = field(default_factory=dict)  # label -> file, listed under "Files"
@@ -116,12 +151,19 @@ def _demote_headings(markdown: str, levels: int = 2) -> str:
 
 def _examples_section(inputs: ReportInputs, path: Path) -> list[str]:
     names = list(inputs.examples[0]["places"]) if inputs.examples else []
+    twins = bool(inputs.examples) and "twin_places" in inputs.examples[0]
     lines = [
         "## Example queries",
         "",
         f"Text queries (test captions spread evenly through the split, not picked by results) with the top "
         f"{inputs.example_k} images of each system, best first, from the same scores as the table; the correct "
-        "image is framed in green, and shown first in blue.",
+        "image is framed in green, and shown first in blue"
+        + (
+            ", with its swapped twin (the same scene, the two related objects exchanged) beside it in orange, "
+            "framed in orange wherever a system ranks it. Each cell: place of the correct scene / of its twin."
+            if twins
+            else "."
+        ),
         "",
         f"![example queries]({_link(inputs.examples_sheet, path)})",
         "",
@@ -131,8 +173,11 @@ def _examples_section(inputs: ReportInputs, path: Path) -> list[str]:
         "|---|" + "---:|" * len(names),
     ]
     for row in inputs.examples:
-        places = [row["places"][name] or f"not in top {inputs.example_k}" for name in names]
-        lines.append(f"| {row['caption']} | " + " | ".join(map(str, places)) + " |")
+        places = [str(row["places"][name] or f"not in top {inputs.example_k}") for name in names]
+        if twins:
+            twin_places = [str(row["twin_places"][name] or "-") for name in names]
+            places = [f"{place} / twin {twin}" for place, twin in zip(places, twin_places, strict=True)]
+        lines.append(f"| {row['caption']} | " + " | ".join(places) + " |")
     return lines
 
 
@@ -160,6 +205,10 @@ def _environment_section(inputs: ReportInputs) -> list[str]:
     return lines
 
 
+def _gain_lines(speed: dict[str, Any], paths_only: dict[str, Any]) -> list[str]:
+    return [*interaction_gain_section(ordered_rows(speed), paths_only, system_label), ""]
+
+
 def render_report(inputs: ReportInputs, path: Path) -> str:
     """The Markdown of ``report.md`` written at ``path`` (links are relative to it)."""
     speed = inputs.speed
@@ -167,22 +216,30 @@ def render_report(inputs: ReportInputs, path: Path) -> str:
     parts = [
         "# dcd demo report",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{inputs.command}`: the fusion cross-encoder "
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{inputs.command}`: the cross-encoder "
         "teacher, the two students distilled from it with Dynamic Contrastive Distillation (a compressed "
         "cross-encoder and a dual encoder), the dual -> cross cascade and a dual encoder trained without a "
-        f"teacher, on the {speed['split']['data']} {speed['split']['name']} split.",
+        f"teacher, on the {speed['split']['data']} {speed['split']['name']} split."
+        + (f" Teacher: {inputs.teacher_note}." if inputs.teacher_note else ""),
         "",
         "## Summary",
         "",
-        summary_note(speed),
+        summary_note(speed)
+        + (
+            " Twin scores (Winoground-style, %; chance 25 / 25 / 16.7): text = each scene scores its own caption "
+            "above its swapped twin's, image = each caption scores its own scene above the twin, group = both."
+            if has_twin_scores(speed)
+            else ""
+        ),
         "",
-        summary_table(speed),
+        summary_table(speed, inputs.paths_only),
         f"![RSUM against the time to rank the test split]({_link(inputs.plot, path)})",
         "",
         f"The full speed benchmark -- encoding and scoring times per system, projections to COCO-5K and "
         f"Flickr30K-1K, query latency on a synthetic gallery -- is in [speed.md]({_link(inputs.speed_markdown, path)}); "
         f"it was run as `{speed['command']}`.",
         "",
+        *(_gain_lines(speed, inputs.paths_only) if inputs.paths_only else []),
         *_examples_section(inputs, path),
         "",
     ]

@@ -14,12 +14,19 @@ class SymmetricInfoNCELoss(nn.Module):
 
         L = 1/2 * [ CE(S, diag) + CE(S^T, diag) ]
 
-    Returns ``{"loss", "image_to_text", "text_to_image"}``.
+    ``excluded`` (B, B) bool, optional: pairs that are no negatives (caption j text-identical to a caption of
+    image i, or of the same image; see :mod:`dcd_itr.data.same_text`); their logits are set to −inf off the
+    diagonal, so they count in neither direction. Returns ``{"loss", "image_to_text", "text_to_image"}``.
     """
 
-    def forward(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, logits: torch.Tensor, excluded: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
             raise ValueError(f"expected square logits (B, B), got {tuple(logits.shape)}")
+        if excluded is not None:
+            if excluded.shape != logits.shape:
+                raise ValueError(f"excluded {tuple(excluded.shape)} must match logits {tuple(logits.shape)}")
+            diagonal = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+            logits = logits.masked_fill(excluded & ~diagonal, float("-inf"))  # (B, B)
         targets = torch.arange(logits.shape[0], device=logits.device)
         image_to_text = F.cross_entropy(logits, targets)
         text_to_image = F.cross_entropy(logits.T, targets)

@@ -8,13 +8,19 @@ Every loss is a plain ``nn.Module`` with one call signature::
 ``student_logits`` and ``teacher_logits`` score the same candidate list for each of B anchors; column 0 is the
 positive, so the target is the one-hot y = (1, 0, ..., 0). The teacher is never differentiated: its logits are
 detached on entry, and every weight derived from them is computed under no gradient. ``"kd"`` and ``"gt"`` are
-the two terms before mixing (``loss = alpha * kd + (1 - alpha) * gt``); every other key is a detached diagnostic.
+the two terms before mixing (``loss = alpha * kd + (1 - alpha) * gt``; ``wsl``: ``alpha * kd + gt``); every
+other key is a detached diagnostic.
 
 Distillation distances (``distance=``), per sample i, both times T² (Hinton's convention, keeps gradient sizes
 comparable across T; for MSE it cancels the 1/T², so d_i does not depend on T — only DCD's weights do):
 
 - ``"mse"``: d_i = T² · mean_j (t_ij/T − s_ij/T)²
 - ``"kl"``:  d_i = T² · KL(softmax(t_i/T) ‖ softmax(s_i/T)) = T² · Σ_j p_ij (log p_ij − log q_ij)
+  (ListNet's listwise top-one distance over the K list)
+- ``"margin_mse"``, ``"ranknet"``: pairwise distances on the teacher's order, see :mod:`dcd_itr.distill.weighting`
+
+The label term (``label=``) is ``"ce"`` (softmax cross-entropy over the list) or ``"bce"`` (mean BCE per entry,
+the reference code's), so an ablation can change the weighting without changing the label loss.
 """
 
 from __future__ import annotations
@@ -25,7 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DISTANCES = ("mse", "kl")
+from dcd_itr.distill.weighting import (
+    DISTILL_WEIGHTINGS,
+    LABEL_TERMS,
+    LABEL_WEIGHTINGS,
+    PAIRWISE_DISTANCES,
+    distill_weights,
+    effective_sample_size,
+    label_term,
+    label_weights,
+    pairwise_distance,
+)
+
+DISTANCES = ("mse", "kl", *PAIRWISE_DISTANCES)
 REDUCTIONS = ("per_sample", "reference")
 
 
@@ -50,7 +68,9 @@ def check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
         )
 
 
-def _check_options(alpha: float, temperature: float, distance: str) -> None:
+def _check_options(alpha: float, temperature: float, distance: str, label: str = "ce") -> None:
+    if label not in LABEL_TERMS:
+        raise ValueError(f"label must be one of {LABEL_TERMS}, got {label!r}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if not temperature > 0.0:
@@ -82,6 +102,8 @@ def distillation_distance(
         teacher_log_probs = F.log_softmax(teacher_scaled, dim=-1)  # (B, K)
         student_log_probs = F.log_softmax(student_scaled, dim=-1)  # (B, K)
         per_sample = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)
+    elif distance in PAIRWISE_DISTANCES:
+        return pairwise_distance(student_logits, teacher_logits, temperature, distance)
     else:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     return temperature**2 * per_sample  # (B,)
@@ -114,14 +136,15 @@ class DynamicDistillationLoss(nn.Module):
         r_i  = softmax_over_batch((1 − w_i)²)            # distillation weights, (B,)
         kd   = Σ_i r_i · d_i                             # reduction="per_sample" (default)
              = mean_i d_i · Σ_i r_i  (= mean_i d_i)      # reduction="reference": the reference code's bug
-        gt   = Σ_i w_i · mean_j BCEWithLogits(s_ij, y_j)
-        loss = α · kd + (1 − α) · gt
+        gt   = Σ_i w_i · l_i                             # l_i = mean_j BCEWithLogits(s_ij, y_j) (label="bce")
+        loss = α · kd + (1 − α) · gt                     #       or CE(s_i, 0) (label="ce")
 
     d_i is the per-sample distance of the module docstring (``"mse"``: T² · mean_j (t_ij/T − s_ij/T)², so
     ``reference`` with MSE is T² · mean_{i,j}(...)², exactly the reference code). w and r use the detached teacher.
 
     Returns scalars: ``loss``, ``kd``, ``gt`` and detached diagnostics ``teacher_entropy`` (mean H_i),
-    ``label_weight_max`` (max w_i) and ``distill_weight_max`` (max r_i).
+    ``label_weight_max`` (max w_i), ``distill_weight_max`` (max r_i) and the effective sample sizes
+    ``label_ess`` = 1/Σ w_i² and ``distill_ess`` = 1/Σ r_i².
     """
 
     def __init__(
@@ -130,15 +153,20 @@ class DynamicDistillationLoss(nn.Module):
         temperature: float = 1.0,  # reference code (DCD_SPEC.md, reference hyper-parameters)
         reduction: str = "per_sample",  # the fixed form; "reference" only to measure the bug
         distance: str = "mse",  # reference code distils logits with MSE
+        label: str = "bce",  # reference code; "ce" is the control that matches static's label term
     ) -> None:
         super().__init__()
-        _check_options(alpha, temperature, distance)
+        _check_options(alpha, temperature, distance, label)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.alpha, self.temperature, self.reduction, self.distance = alpha, temperature, reduction, distance
+        self.label = label
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, temperature={self.temperature}, reduction={self.reduction!r}, distance={self.distance!r}"
+        return (
+            f"alpha={self.alpha}, temperature={self.temperature}, reduction={self.reduction!r}, "
+            f"distance={self.distance!r}, label={self.label!r}"
+        )
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         check_logits(student_logits, teacher_logits)
@@ -153,12 +181,7 @@ class DynamicDistillationLoss(nn.Module):
             kd = (distill_weights * distances).sum()
         else:
             kd = distances.mean() * distill_weights.sum()
-        targets = torch.zeros_like(student_logits)  # (B, K)
-        targets[:, 0] = 1.0
-        bce = F.binary_cross_entropy_with_logits(student_logits, targets, reduction="none").mean(
-            dim=-1
-        )  # (B,)
-        gt = (label_weights * bce).sum()
+        gt = (label_weights * label_term(student_logits, self.label)).sum()
         return {
             "loss": self.alpha * kd + (1.0 - self.alpha) * gt,
             "kd": kd,
@@ -166,6 +189,8 @@ class DynamicDistillationLoss(nn.Module):
             "teacher_entropy": teacher_entropy(teacher_logits, self.temperature).mean(),
             "label_weight_max": label_weights.max(),
             "distill_weight_max": distill_weights.max(),
+            "label_ess": effective_sample_size(label_weights),
+            "distill_ess": effective_sample_size(distill_weights),
         }
 
 
@@ -175,7 +200,7 @@ class StaticDistillationLoss(nn.Module):
     Inputs s, t (B, K), positive at column 0::
 
         kd   = mean_i d_i          # "mse": T² · mean_{i,j} (t_ij/T − s_ij/T)²; "kl": T² · mean_i KL(p_i ‖ q_i)
-        gt   = mean_i CE(s_i, 0)   # softmax cross-entropy over the list, at temperature 1
+        gt   = mean_i l_i          # l_i = CE(s_i, 0) over the list (label="ce"), or mean_j BCE (label="bce")
         loss = α · kd + (1 − α) · gt
 
     Returns scalars ``loss``, ``kd``, ``gt``.
@@ -186,19 +211,20 @@ class StaticDistillationLoss(nn.Module):
         alpha: float = 0.2,  # same as dcd, so the ablation changes only the weighting
         temperature: float = 1.0,  # same as dcd, so the ablation changes only the weighting
         distance: str = "mse",  # same as dcd's default
+        label: str = "ce",  # the usual listwise label loss; "bce" is the control that matches dcd's
     ) -> None:
         super().__init__()
-        _check_options(alpha, temperature, distance)
-        self.alpha, self.temperature, self.distance = alpha, temperature, distance
+        _check_options(alpha, temperature, distance, label)
+        self.alpha, self.temperature, self.distance, self.label = alpha, temperature, distance, label
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, temperature={self.temperature}, distance={self.distance!r}"
+        return f"alpha={self.alpha}, temperature={self.temperature}, distance={self.distance!r}, label={self.label!r}"
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         check_logits(student_logits, teacher_logits)
         teacher_logits = teacher_logits.detach()
         kd = distillation_distance(student_logits, teacher_logits, self.temperature, self.distance).mean()
-        gt = positive_cross_entropy(student_logits).mean()
+        gt = label_term(student_logits, self.label).mean()
         return {"loss": self.alpha * kd + (1.0 - self.alpha) * gt, "kd": kd, "gt": gt}
 
 
@@ -211,7 +237,7 @@ class WeightedSoftLabelLoss(nn.Module):
         v_i    = 1 − exp(−ce_s_i / (ce_t_i + ε))                 # ε = 1e-7; v_i in [0, 1)
         kd     = mean_i v_i · d_i                                # d_i: "kl" (default) T² · KL(p_i ‖ q_i)
         gt     = mean_i ce_s_i
-        loss   = α · kd + (1 − α) · gt
+        loss   = α · kd + gt                                     # CE at full weight, as the spec and reference
 
     v_i is large when the student is worse than the teacher on sample i (learn from the teacher), small when the
     student already beats it. If the teacher is certain and right (ce_t ≈ 0) the ε keeps v finite (≈ 1).
@@ -248,10 +274,88 @@ class WeightedSoftLabelLoss(nn.Module):
         kd = (distill_weights * distances).mean()
         gt = student_ce.mean()
         return {
-            "loss": self.alpha * kd + (1.0 - self.alpha) * gt,
+            "loss": self.alpha * kd + gt,
             "kd": kd,
             "gt": gt,
             "distill_weight_mean": distill_weights.mean(),
+        }
+
+
+class WeightedDistillationLoss(nn.Module):
+    """Distillation with named per-sample weightings (``"weighted"``): DCD's structure, each part a choice.
+
+    Inputs s, t (B, K), positive at column 0. With H_i the teacher entropy at the weight temperature T_w
+    (``weight_temperature``; None = the distillation temperature T) and the weight schemes, label terms l_i and
+    distances d_i of :mod:`dcd_itr.distill.weighting` and of the module docstring::
+
+        w    = label_weights(H; label_weighting, γ, λ)          # (B,), Σ w = 1
+        r    = distill_weights(H, w; distill_weighting, κ)      # (B,), Σ r = 1
+        kd   = Σ_i r_i · d_i                                    # d_i at the distillation temperature T
+        gt   = Σ_i w_i · l_i
+        loss = α · kd + (1 − α) · gt
+
+    ("entropy", "paper", label="bce", T_w = T) is exactly ``dcd``; ("uniform", "uniform", label="ce") is exactly
+    ``static``. Returns scalars ``loss``, ``kd``, ``gt`` and detached diagnostics ``teacher_entropy`` (mean H_i),
+    ``label_ess`` = 1/Σ w_i² and ``distill_ess`` = 1/Σ r_i² (B when uniform).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.2,  # as dcd, so a row changes only the weighting
+        temperature: float = 1.0,  # as dcd
+        distance: str = "mse",  # as dcd
+        label: str = "bce",  # as dcd
+        label_weighting: str = "tempered",  # the point of this loss: weights that vary, but not onto a few anchors
+        distill_weighting: str = "confidence",  # weights the teacher's sure samples up, unlike the near-uniform paper's
+        gamma: float = 0.5,  # "tempered": square root of the entropy, half-way between uniform and the paper's
+        mix: float = 0.5,  # "mixed": half the paper's weights, half uniform
+        kappa: float = 1.0,  # "confidence": a nat of entropy costs a factor e of weight
+        weight_temperature: float | None = None,  # None: the distillation temperature, as in the paper
+    ) -> None:
+        super().__init__()
+        _check_options(alpha, temperature, distance, label)
+        if label_weighting not in LABEL_WEIGHTINGS:
+            raise ValueError(f"label_weighting must be one of {LABEL_WEIGHTINGS}, got {label_weighting!r}")
+        if distill_weighting not in DISTILL_WEIGHTINGS:
+            raise ValueError(
+                f"distill_weighting must be one of {DISTILL_WEIGHTINGS}, got {distill_weighting!r}"
+            )
+        if not (gamma >= 0.0 and 0.0 <= mix <= 1.0 and kappa >= 0.0):
+            raise ValueError(f"need gamma >= 0, 0 <= mix <= 1, kappa >= 0; got {gamma}, {mix}, {kappa}")
+        if weight_temperature is not None and not weight_temperature > 0.0:
+            raise ValueError(f"weight_temperature must be > 0 or None, got {weight_temperature}")
+        self.alpha, self.temperature, self.distance, self.label = alpha, temperature, distance, label
+        self.label_weighting, self.distill_weighting = label_weighting, distill_weighting
+        self.gamma, self.mix, self.kappa = gamma, mix, kappa
+        self.weight_temperature = temperature if weight_temperature is None else weight_temperature
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, temperature={self.temperature}, distance={self.distance!r}, "
+            f"label={self.label!r}, label_weighting={self.label_weighting!r}, "
+            f"distill_weighting={self.distill_weighting!r}, gamma={self.gamma}, mix={self.mix}, "
+            f"kappa={self.kappa}, weight_temperature={self.weight_temperature}"
+        )
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+        check_logits(student_logits, teacher_logits)
+        teacher_logits = teacher_logits.detach()
+        with torch.no_grad():
+            entropy = teacher_entropy(teacher_logits, self.weight_temperature)  # (B,)
+            label_weight = label_weights(entropy, self.label_weighting, self.gamma, self.mix)  # (B,)
+            distill_weight = distill_weights(
+                entropy, label_weight, self.distill_weighting, self.kappa
+            )  # (B,)
+        distances = distillation_distance(student_logits, teacher_logits, self.temperature, self.distance)
+        kd = (distill_weight * distances).sum()
+        gt = (label_weight * label_term(student_logits, self.label)).sum()
+        return {
+            "loss": self.alpha * kd + (1.0 - self.alpha) * gt,
+            "kd": kd,
+            "gt": gt,
+            "teacher_entropy": entropy.mean(),
+            "label_ess": effective_sample_size(label_weight),
+            "distill_ess": effective_sample_size(distill_weight),
         }
 
 
@@ -275,6 +379,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "dcd": DynamicDistillationLoss,
     "static": StaticDistillationLoss,
     "wsl": WeightedSoftLabelLoss,
+    "weighted": WeightedDistillationLoss,
     "none": LabelOnlyLoss,
 }
 

@@ -7,8 +7,10 @@ There is one anchor per positive pair, i.e. per caption, in each direction:
 
 A pool is ``candidates[a] = [positive, n_1, ..., n_{P-1}]``: the negatives are drawn uniformly without replacement
 from the other side's rows and exclude every positive of the anchor (all captions of the anchor's image for
-image_to_text; the caption's one image for text_to_image). In both directions a candidate is a positive exactly
-when it belongs to the anchor caption's image, which is what the sampler checks.
+image_to_text; the caption's one image for text_to_image). With ``exclude_same_text`` (the default) they also
+exclude every text-identical caption (image_to_text: every caption whose normalised text equals one of the anchor
+image's captions) and every image that has the anchor caption's text (text_to_image), the relation of
+:mod:`dcd_itr.data.same_text`: a caption string on several images is not a negative of any of them.
 
 Sampling method (vectorised, no Python loop per anchor): draw every free slot with replacement, mark the slots
 that hold a positive or repeat a value already kept in the row, redraw only those, and repeat until no row has a
@@ -22,7 +24,7 @@ alike, so every (P-1)-subset of the allowed ones is equally likely. The random s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
+from dcd_itr.data.same_text import TextGroups
 from dcd_itr.interfaces import (
     CrossEncoder,
     FeatureBatch,
@@ -42,6 +45,8 @@ from dcd_itr.interfaces import (
 DIRECTIONS = ("image_to_text", "text_to_image")
 MAX_REJECTION_ROUNDS = 16  # each round leaves ~(P+positives)/C of the slots marked; 16 rounds leave ~none
 EXACT_FILL_ELEMENTS = 1 << 24  # random keys per exact-fill chunk: 64 MiB of float32
+# excluded(anchor_keys (a,), values (a, n)) -> (a, n) bool: True where a value may not be a negative of its anchor
+Exclusion = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,12 @@ def round_generator(seed: int, round_index: int, direction: str) -> torch.Genera
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def _invalid_slots(values: Tensor, kept: Tensor, candidate_owner: Tensor, anchor_image: Tensor) -> Tensor:
-    """True where ``values`` (a, n) holds a positive of its anchor or repeats a value earlier in the row.
+def _invalid_slots(values: Tensor, kept: Tensor, excluded: Exclusion, anchor_keys: Tensor) -> Tensor:
+    """True where ``values`` (a, n) holds an excluded candidate of its anchor or repeats a value earlier in the row.
 
     Among equal values a ``kept`` slot (a, n) counts as the first, so a fresh draw never evicts a kept one.
     """
-    is_positive = candidate_owner[values] == anchor_image[:, None]  # (a, n)
+    is_positive = excluded(anchor_keys, values)  # (a, n)
     sort_key, order = (values * 2 + (~kept).long()).sort(dim=1, stable=True)  # equal values: kept first
     sorted_values = sort_key // 2  # (a, n)
     repeat_sorted = torch.zeros_like(is_positive)
@@ -87,28 +92,38 @@ def _invalid_slots(values: Tensor, kept: Tensor, candidate_owner: Tensor, anchor
 
 
 def _fill_exactly(
-    values: Tensor, free: Tensor, candidate_owner: Tensor, anchor_image: Tensor, generator: torch.Generator
+    values: Tensor,
+    free: Tensor,
+    num_candidates: int,
+    excluded: Exclusion,
+    anchor_keys: Tensor,
+    generator: torch.Generator,
 ) -> None:
     """Fill the ``free`` slots (a, n) of ``values`` in place with distinct allowed candidates, exactly uniformly."""
-    num_candidates = candidate_owner.shape[0]
     rows_per_chunk = max(1, EXACT_FILL_ELEMENTS // num_candidates)
     for start in range(0, values.shape[0], rows_per_chunk):
         chunk = slice(start, start + rows_per_chunk)
         keys = torch.rand(values[chunk].shape[0], num_candidates, generator=generator)  # (c, C)
         used = torch.zeros_like(keys).scatter_add_(1, values[chunk], (~free[chunk]).float())  # (c, C)
-        keys[(candidate_owner[None, :] == anchor_image[chunk, None]) | (used > 0)] = float("inf")
+        everyone = torch.arange(num_candidates).expand(keys.shape[0], num_candidates)  # (c, C)
+        keys[excluded(anchor_keys[chunk], everyone) | (used > 0)] = float("inf")
         best = keys.topk(values.shape[1], dim=1, largest=False).indices  # (c, n), random order of allowed
         rank = (free[chunk].long().cumsum(dim=1) - 1).clamp(min=0)  # (c, n): k-th free slot takes k-th best
         values[chunk] = torch.where(free[chunk], best.gather(1, rank), values[chunk])
 
 
 def _sample_negatives(
-    candidate_owner: Tensor, anchor_image: Tensor, preset: Tensor, free: Tensor, generator: torch.Generator
+    num_candidates: int,
+    max_excluded: int,
+    excluded: Exclusion,
+    anchor_keys: Tensor,
+    preset: Tensor,
+    free: Tensor,
+    generator: torch.Generator,
 ) -> Tensor:
     """Fill the ``free`` slots of ``preset`` (A, n); the kept slots must already be valid and distinct."""
     values, free = preset.clone(), free.clone()
-    num_candidates, num_slots = candidate_owner.shape[0], preset.shape[1]
-    max_positives = int(torch.bincount(candidate_owner).max())
+    num_slots, max_positives = preset.shape[1], max_excluded
     rounds = MAX_REJECTION_ROUNDS if 2 * (num_slots + max_positives) <= num_candidates else 0
     for _ in range(rounds):
         rows = free.any(dim=1).nonzero().squeeze(1)  # (r,)
@@ -116,12 +131,12 @@ def _sample_negatives(
             break
         draws = torch.randint(0, num_candidates, (rows.numel(), num_slots), generator=generator)  # (r, n)
         row_values = torch.where(free[rows], draws, values[rows])
-        free[rows] = _invalid_slots(row_values, ~free[rows], candidate_owner, anchor_image[rows])
+        free[rows] = _invalid_slots(row_values, ~free[rows], excluded, anchor_keys[rows])
         values[rows] = row_values
     rows = free.any(dim=1).nonzero().squeeze(1)
     if rows.numel():
         row_values = values[rows]
-        _fill_exactly(row_values, free[rows], candidate_owner, anchor_image[rows], generator)
+        _fill_exactly(row_values, free[rows], num_candidates, excluded, anchor_keys[rows], generator)
         values[rows] = row_values
     return values
 
@@ -133,30 +148,31 @@ def build_pools(
     seed: int,
     round_index: int,
     student_negatives: Tensor | None = None,
+    exclude_same_text: bool = True,  # a text-identical caption is no negative (see the module docstring)
 ) -> Pools:
     """Candidate pools (A = split.num_captions anchors, P = pool_size) for one direction and mining round.
 
     ``student_negatives`` (A, S) with S <= P-1, optional: rows (on the candidate side) of the student's own
-    top-ranked wrong answers, placed in columns 1..S. Entries that are positives, repeats or negative (padding,
+    top-ranked wrong answers, placed in columns 1..S. Entries that are excluded, repeats or negative (padding,
     e.g. -1) are replaced by uniform draws, like every remaining slot.
     """
     check_direction(direction)
     caption_to_image = torch.tensor(split.caption_to_image, dtype=torch.int64)  # (A,) a copy, not the split's
     captions = torch.arange(split.num_captions)  # (A,)
-    if direction == "image_to_text":
-        anchor_rows, positive, candidate_owner = caption_to_image, captions, caption_to_image
-    else:
-        anchor_rows, positive, candidate_owner = captions, caption_to_image, torch.arange(split.num_images)
-    num_negatives, num_candidates = pool_size - 1, candidate_owner.shape[0]
+    image_to_text = direction == "image_to_text"
+    anchor_rows, positive = (caption_to_image, captions) if image_to_text else (captions, caption_to_image)
+    num_candidates = split.num_captions if image_to_text else split.num_images
+    excluded, anchor_keys, max_excluded = pool_exclusion(split, direction, exclude_same_text)
+    num_negatives = pool_size - 1
     if num_negatives < 1:
         raise ValueError(f"pool_size must be at least 2 (the positive and one negative), got {pool_size}")
-    available = num_candidates - int(torch.bincount(candidate_owner).max())
+    available = num_candidates - max_excluded
     if num_negatives > available:
-        side = "captions" if direction == "image_to_text" else "images"
+        side = "captions" if image_to_text else "images"
         raise ValueError(
             f"pool_size {pool_size} needs {num_negatives} negatives per {direction} anchor, but the "
             f"{split.name!r} split has {num_candidates} {side} and some anchor has only {available} that are "
-            f"not its positives; use pool_size <= {available + 1}"
+            f"not its positives (or text-identical to one); use pool_size <= {available + 1}"
         )
     preset = torch.zeros(len(anchor_rows), num_negatives, dtype=torch.int64)  # (A, P-1)
     free = torch.ones_like(preset, dtype=torch.bool)  # (A, P-1) slots still to draw
@@ -164,13 +180,48 @@ def build_pools(
         given = _check_student_negatives(student_negatives, len(anchor_rows), num_negatives, num_candidates)
         width = given.shape[1]
         preset[:, :width] = given.clamp(min=0)
-        free[:, :width] = (given < 0) | _invalid_slots(
-            preset[:, :width], given >= 0, candidate_owner, caption_to_image
-        )
+        free[:, :width] = (given < 0) | _invalid_slots(preset[:, :width], given >= 0, excluded, anchor_keys)
     negatives = _sample_negatives(
-        candidate_owner, caption_to_image, preset, free, round_generator(seed, round_index, direction)
+        num_candidates,
+        max_excluded,
+        excluded,
+        anchor_keys,
+        preset,
+        free,
+        round_generator(seed, round_index, direction),
     )
     return Pools(direction, anchor_rows, positive, torch.cat([positive[:, None], negatives], dim=1))
+
+
+def pool_exclusion(split: RetrievalSplit, direction: str, same_text: bool) -> tuple[Exclusion, Tensor, int]:
+    """``(excluded, anchor_keys (A,), max_excluded)`` for the anchors of ``direction`` (one per caption).
+
+    ``excluded(anchor_keys[rows], values)`` is True where a candidate row may not be a negative of the anchor: a
+    positive, and with ``same_text`` every text-identical caption / every image that has the anchor's text.
+    ``max_excluded`` is the most candidates any anchor excludes.
+    """
+    caption_to_image = torch.tensor(split.caption_to_image, dtype=torch.int64)  # (M,)
+    image_to_text = direction == "image_to_text"
+    if same_text:
+        groups = TextGroups.from_captions(split.captions, caption_to_image)
+        if image_to_text:  # key: the anchor's image; candidates: captions
+            return (
+                lambda keys, values: groups.related(keys[:, None], values),
+                caption_to_image,
+                groups.max_related_captions(),
+            )
+        return (  # key: the anchor caption; candidates: images
+            lambda keys, values: groups.related(values, keys[:, None]),
+            torch.arange(split.num_captions),
+            groups.max_related_images(),
+        )
+    if image_to_text:
+        return (
+            lambda keys, values: caption_to_image[values] == keys[:, None],
+            caption_to_image,
+            int(torch.bincount(caption_to_image).max()),
+        )
+    return lambda keys, values: values == keys[:, None], caption_to_image, 1
 
 
 def _check_student_negatives(

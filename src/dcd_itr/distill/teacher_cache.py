@@ -74,6 +74,7 @@ def mine_round(
     round_index: int,
     student_negatives: torch.Tensor | None = None,
     scorer: Callable[..., torch.Tensor] = score_pools,
+    exclude_same_text: bool = True,  # see build_pools: text-identical captions are no negatives
     **score_options: Any,
 ) -> RoundScores:
     """Steps 1-2 for one round and direction: build pools, score them with the teacher, keep the hard ones.
@@ -82,7 +83,7 @@ def mine_round(
     :func:`score_pools` takes cached feature rows; :func:`~dcd_itr.distill.pools.score_pools_by_image` takes
     raw images and caption strings.
     """
-    pools = build_pools(split, direction, pool_size, seed, round_index, student_negatives)
+    pools = build_pools(split, direction, pool_size, seed, round_index, student_negatives, exclude_same_text)
     pool_scores = scorer(teacher, image_features, text_features, pools, **score_options)  # (A, P)
     student_candidates, teacher_logits = select_hard_negatives(pool_scores, pools.candidates, num_candidates)
     return RoundScores(pools.anchor_rows, pools.candidates, pool_scores, student_candidates, teacher_logits)

@@ -25,6 +25,7 @@ from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import ConfigError, DcdError, short_repr, short_text
 
 HF_PREFIX = "hf:"
+REGIONS_PREFIX = "regions-"  # regions-<image tower>: that tower on each detected object's crop
 
 #: name -> factory(image_size=..., device=..., **options)
 IMAGE_TOWERS: dict[str, Callable[..., ImageTower]] = {
@@ -70,6 +71,9 @@ def build_image_tower(
     if name.startswith(HF_PREFIX):
         with _hf_errors(name):
             return HFImageTower(name.removeprefix(HF_PREFIX), image_size=image_size, device=device, **options)
+    if name not in IMAGE_TOWERS and name.startswith(REGIONS_PREFIX):  # any tower run on detected crops
+        inner = build_image_tower(name.removeprefix(REGIONS_PREFIX), image_size=image_size, device=device)
+        return RegionTower(inner, **options)
     if name not in IMAGE_TOWERS:
         raise _unknown("image", name, IMAGE_TOWERS)
     return IMAGE_TOWERS[name](image_size=image_size, device=device, **options)

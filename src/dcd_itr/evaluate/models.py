@@ -42,7 +42,10 @@ def encode_split(model: Any, images: Any, texts: Any) -> tuple[FeatureBatch, Fea
 def dual_metrics(model: Any, features: SplitFeatures) -> dict[str, float]:
     """Full-ranking metrics of a dual encoder on a split's cached features (blockwise dot products)."""
     images, texts = encode_split(model, features.images, features.texts)
-    return rank_dual(images["embedding"], texts["embedding"], features.split.caption_to_image)
+    split = features.split  # text-identical captions are one query (dcd_itr.metrics)
+    return rank_dual(
+        images["embedding"], texts["embedding"], split.caption_to_image, caption_texts=split.captions
+    )
 
 
 def cross_metrics(
@@ -66,7 +69,10 @@ def cross_metrics(
         fingerprint=fingerprint,
         progress=progress,
     )
-    return recall_at_k_from_scores(result.scores, features.split.caption_to_image), result
+    split = features.split  # text-identical captions are one query (dcd_itr.metrics)
+    return recall_at_k_from_scores(
+        result.scores, split.caption_to_image, caption_texts=split.captions
+    ), result
 
 
 def _features(model, data: Path, features: Path, split: str) -> SplitFeatures:
@@ -132,7 +138,9 @@ def evaluate_cross_encoder(
         fingerprint=f"{teacher.fingerprint[:16]}:{split}",
         progress=progress,
     )
-    metrics = recall_at_k_from_scores(result.scores, split_data.caption_to_image)
+    metrics = recall_at_k_from_scores(
+        result.scores, split_data.caption_to_image, caption_texts=split_data.captions
+    )
     metrics |= dataset_twin_scores(data, split_data, result.scores)
     return {"kind": "cross", "pairs_per_second": result.pairs_per_second, **metrics}
 

@@ -5,7 +5,9 @@
   :func:`dcd_itr.metrics.recall_at_k_from_scores` (or to ``cascade_recall_from_scores`` to sweep cascade k).
 - :func:`rank_cascade`: a dual first stage keeps its top k per query, the cross-encoder re-scores only those.
 
-Metric names, the Recall@K protocol and the tie rule (lower index first) are documented in :mod:`dcd_itr.metrics`.
+Metric names, the Recall@K protocol, the tie rule (pessimistic: a positive after the wrong candidates it ties
+with) and text-identical captions are documented in :mod:`dcd_itr.metrics` (:func:`rank_cascade` keeps every
+caption its own query).
 Checkpoint folder of :func:`score_all_pairs`: ``manifest.json`` (format, num_images, num_captions, image_block,
 text_block, shard_rows, fingerprint) and one ``rows_{start:07d}_{stop:07d}.safetensors`` per completed shard of
 ``shard_rows`` image rows, holding ``scores`` (stop - start, M) float32. Both are written atomically.
@@ -292,7 +294,7 @@ def rank_cascade(
             total = -(-(sizes[0] if direction == "image_to_text" else sizes[2]) // block_size)  # ceil
             for rows, first, candidates, positive in tqdm(blocks, direction, total, disable=not progress):
                 rerank = _rerank(cross_encoder, features, direction, rows, candidates, pair_batch, device)
-                direction_ranks.append(cascade_ranks(first, candidates, positive, rerank))  # (B,)
+                direction_ranks.append(cascade_ranks(first, positive, rerank))  # (B,)
                 pairs_scored += candidates.numel()
     metrics = metrics_from_ranks(*(torch.cat(r) for r in ranks))
     return {**metrics, "cascade_k": k, "pairs_scored": pairs_scored}

@@ -27,8 +27,9 @@ from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
 from dcd_itr.evaluate.models import CROSS_ENCODE_BATCH, CROSS_TEXT_BLOCK, DUAL_ENCODE_BATCH
+from dcd_itr.evaluate.twins import cascade_score_matrices, twin_scores
 from dcd_itr.features import TOWER_BATCH_SIZE
-from dcd_itr.interfaces import FeatureBatch
+from dcd_itr.interfaces import FeatureBatch, slice_features
 from dcd_itr.metrics import rank_dual, recall_at_k_from_scores, top_k_candidates
 from dcd_itr.speed.common import ratio, timed
 
@@ -90,8 +91,9 @@ class SystemRun:
 class SplitEncoder:
     """Decodes a split's images once and runs each tower view once over all images or captions, timing each."""
 
-    def __init__(self, split: RetrievalSplit, device: str = "cpu") -> None:
+    def __init__(self, split: RetrievalSplit, device: str = "cpu", twin_index=None) -> None:
         self.split, self.device = split, device
+        self.twin_index = twin_index  # (N,) twin row per image on the scenes benchmark, else None
         self.images, self.decode_s = timed(lambda: [load_rgb(path) for path in split.image_paths])
         self._features: dict[str, FeatureBatch] = {}
         self.view_seconds: dict[str, float] = {}
@@ -121,6 +123,14 @@ class SplitEncoder:
     def _store(self, view: str, features: FeatureBatch, seconds: float) -> None:
         self._features[view] = {f"{view}.{key}": value for key, value in features.items()}
         self.view_seconds[view] = seconds
+
+    def twins(
+        self, scores: torch.Tensor, caption_query_scores: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Twin text / image / group scores of (N, M) scores on the scenes benchmark; ``{}`` elsewhere."""
+        if self.twin_index is None:
+            return {}
+        return twin_scores(scores, self.split, self.twin_index, caption_query_scores)
 
     def image_seconds(self, views: set[str]) -> float:
         return self.decode_s + sum(self.view_seconds[view] for view in views)
@@ -172,10 +182,11 @@ def rank_cross(
         result = score_all_pairs(
             encoded.model, encoded.images, encoded.texts, text_block=CROSS_TEXT_BLOCK, progress=progress
         )
-        metrics = recall_at_k_from_scores(result.scores, split.caption_to_image)
+        metrics = recall_at_k_from_scores(result.scores, split.caption_to_image, caption_texts=split.captions)
         return metrics, result.scores, result.pairs_scored
 
     (metrics, scores, pairs), seconds = timed(score)
+    metrics |= encoder.twins(scores)  # from the timed run's scores, outside the timing
     return SystemRun(
         name,
         kind,
@@ -194,8 +205,14 @@ def rank_dual_system(name: str, encoded: EncodedModel, encoder: SplitEncoder) ->
     """Dot products of the dual's embeddings, ranked blockwise."""
     split = encoder.split
     metrics, seconds = timed(
-        lambda: rank_dual(encoded.images["embedding"], encoded.texts["embedding"], split.caption_to_image)
+        lambda: rank_dual(
+            encoded.images["embedding"],
+            encoded.texts["embedding"],
+            split.caption_to_image,
+            caption_texts=split.captions,
+        )
     )
+    metrics |= encoder.twins(encoded.images["embedding"] @ encoded.texts["embedding"].T)
     return SystemRun(
         name,
         "dual",
@@ -230,6 +247,15 @@ def rank_cascade_system(
             progress=progress,
         )
     )
+    if encoder.twin_index is not None:  # the cascade's final order (re-ranked k above the rest), not timed
+        by_image, by_caption = cascade_score_matrices(
+            dual.images["embedding"] @ dual.texts["embedding"].T,
+            lambda i, t: cross.model.score_pairs(
+                slice_features(cross.images, i), slice_features(cross.texts, t)
+            ),
+            k,
+        )
+        metrics |= encoder.twins(by_image, by_caption)
     return SystemRun(
         f"cascade k={k}",
         "cascade",

@@ -18,6 +18,7 @@ import torch
 from transformers import PretrainedConfig
 
 from dcd_itr.data.loading import load_split
+from dcd_itr.data.scene_annotations import split_twin_index
 from dcd_itr.errors import ConfigError
 from dcd_itr.interfaces import is_cross_encoder
 from dcd_itr.models.end_to_end import EndToEnd
@@ -88,7 +89,7 @@ def rank_all(config: BenchConfig, log) -> tuple[list[ranking.SystemRun], ranking
     teacher = _load(config.teacher, True, "teacher")
     cross = _load(config.cross, True, "cross")
     dual = _load(config.dual, False, "dual")
-    encoder = ranking.SplitEncoder(split, config.device)
+    encoder = ranking.SplitEncoder(split, config.device, split_twin_index(config.data, config.split))
     log(f"[ranking] {config.split}: {split.num_images} images x {split.num_captions} captions")
     runs: list[ranking.SystemRun] = []
     encoded: dict[str, ranking.EncodedModel] = {}

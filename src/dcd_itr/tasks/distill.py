@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dcd_itr.data.same_text import TextGroups
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.distill.frozen_teacher import Teacher, load_frozen_teacher
 from dcd_itr.distill.losses import build_loss
@@ -71,13 +72,14 @@ class LossConfig:
     (:mod:`dcd_itr.distill.losses` is the one place they are written: alpha 0.2 and T = 1 for every loss, the
     per-sample reduction for dcd, the MSE distance for dcd and static, KL for wsl)."""
 
-    name: str = "dcd"  # dcd | static | wsl | none (the ablation's four rows)
+    name: str = "dcd"  # dcd | static | wsl | weighted | none
     alpha: float | None = None  # None: the loss's default
     temperature: float | None = None  # None: the loss's default
     reduction: str | None = (
         None  # dcd only; None: the loss's default ("reference" reproduces the reference bug)
     )
     distance: str | None = None  # "mse" | "kl"; None: the loss's default
+    options: dict[str, Any] = field(default_factory=dict)  # further constructor options (label, weightings)
 
 
 @dataclass
@@ -104,6 +106,10 @@ class DistillConfig:
     )  # both; the reference trains i2t only
     mining_seed: int = 0  # pools depend on it (not on the training seed), so seeds share the teacher cache
     rounds: int = 1  # mining rounds; epoch e uses round e % rounds
+    fresh_candidates: bool = (
+        False  # True: one mining round per epoch (rounds = epochs), as the reference draws anew
+    )
+    exclude_same_text: bool = True  # text-identical captions are no negatives (pools and in-batch InfoNCE)
     anchors_per_batch: int = 64
     infonce_weight: float = 0.5  # beta: in-batch InfoNCE beside the candidate-list loss (dual only)
     # scenes datasets: every pool holds the anchor's swapped twin (the teacher still picks the K-1 it keeps)
@@ -141,7 +147,13 @@ def teacher_cache_folder(config: DistillConfig, teacher: Teacher) -> Path:
     plug-in: a changed teacher gets a new folder, and the old scores are never mixed in."""
     parsed = parse_spec(teacher.spec)
     prefix = f"{parsed[0]}-" if parsed else ""
-    return Path(config.teacher_cache) / f"{prefix}{teacher.fingerprint[:16]}"
+    suffix = "-sametext" if config.exclude_same_text else ""  # other pools: never mixed with the old ones
+    return Path(config.teacher_cache) / f"{prefix}{teacher.fingerprint[:16]}{suffix}"
+
+
+def mining_rounds(config: DistillConfig) -> int:
+    """How many mining rounds the run uses: one per epoch with ``fresh_candidates``, else ``rounds``."""
+    return config.train.epochs if config.fresh_candidates else config.rounds
 
 
 def _announce_cache(folder: Path, teacher: Teacher) -> None:
@@ -178,7 +190,11 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
         pool_size=config.pool_size,
         num_candidates=config.num_candidates,
         directions=tuple(config.directions),
-        extra={"twin_negatives": True} if config.twin_negatives else None,
+        extra={
+            **({"exclude_same_text": True} if config.exclude_same_text else {}),
+            **({"twin_negatives": True} if config.twin_negatives else {}),
+        }
+        or None,
     )
     write_json_atomic(folder / "teacher.json", {"spec": teacher.spec, "fingerprint": teacher.fingerprint})
     scorer = _shared_across_ranks(score_pools_by_image if teacher.raw_inputs else score_pools)
@@ -200,9 +216,10 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
                 student_negatives=twin_pool_negatives(split, twins, direction) if twins else None,
                 scorer=scorer,
                 progress=progress,
+                exclude_same_text=config.exclude_same_text,
             ),
         )
-        for index in range(config.rounds)
+        for index in range(mining_rounds(config))
     ]
     return rounds, time.perf_counter() - started
 
@@ -307,6 +324,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     )
     save_model_description(student, out / "best")
     infonce = SymmetricInfoNCELoss()
+    same_text = TextGroups.from_captions(train.split.captions, train.split.caption_to_image)
 
     def step(wrapped, batch):
         direction, anchors, candidates, teacher_logits = batch
@@ -327,7 +345,14 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
         )  # (B, K, D)
         logits = student.logit_scale * (images * texts).sum(dim=-1)  # (B, K)
         terms = loss(logits, teacher_logits)
-        contrastive = infonce(student.similarity(images[:, 0], texts[:, 0]))  # the anchors' positive pairs
+        excluded = None
+        if (
+            config.exclude_same_text
+        ):  # (B, B): a caption of the same image or with the same text is no negative
+            excluded = same_text.related(image_rows[:, :1], caption_rows[:, 0][None, :]).to(device)
+        contrastive = infonce(
+            student.similarity(images[:, 0], texts[:, 0]), excluded
+        )  # the anchors' positive pairs
         total = terms["loss"] + config.infonce_weight * contrastive["loss"]
         return {**terms, "loss": total, "infonce": contrastive["loss"].detach()}
 
@@ -375,4 +400,4 @@ def _loss_options(loss: LossConfig) -> dict:
     options = {"alpha": loss.alpha, "temperature": loss.temperature, "distance": loss.distance}
     if loss.name == "dcd":
         options["reduction"] = loss.reduction
-    return {name: value for name, value in options.items() if value is not None}
+    return {**{name: value for name, value in options.items() if value is not None}, **loss.options}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from dcd_itr.data.same_text import TextGroups
 from dcd_itr.distill.contrastive import SymmetricInfoNCELoss
 from dcd_itr.errors import ConfigError
 from dcd_itr.features import load_split_features
@@ -63,6 +64,7 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
     val = load_split_features(Path(config.data), Path(config.features), "val", *views, model.feature_names)
     save_model_description(model, out / "best")
     loss = SymmetricInfoNCELoss()
+    same_text = TextGroups.from_captions(train.split.captions, train.split.caption_to_image)
 
     def step(wrapped, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         image_rows, caption_rows = batch
@@ -70,7 +72,10 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
             slice_features(train.images, image_rows), slice_features(train.texts, caption_rows)
         )
         logits = model.similarity(images, texts)  # (B, B)
-        terms = loss(logits)
+        excluded = same_text.related(
+            image_rows[:, None], caption_rows[None, :]
+        )  # (B, B) text-identical pairs
+        terms = loss(logits, excluded.to(logits.device))
         if not config.twin_loss_weight:
             return terms
         pairs = twin_loss(logits, twin_partners(image_rows, twins))
