@@ -49,7 +49,7 @@ def train(config: Path, out: Path) -> int:
 def test_a_copied_run_folder_resumes_in_its_new_place(run_config, tmp_path, monkeypatch, capsys):
     assert train(run_config, tmp_path / "reference") == 0  # uninterrupted
     calls = []
-    real_validate = dual_contrastive.validate_dual
+    real_validate = dual_contrastive.validate_dual_with_twins
 
     def stop_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -57,9 +57,9 @@ def test_a_copied_run_folder_resumes_in_its_new_place(run_config, tmp_path, monk
             raise KeyboardInterrupt  # as if killed during epoch 2's validation
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(dual_contrastive, "validate_dual", stop_in_second_epoch)
+    monkeypatch.setattr(dual_contrastive, "validate_dual_with_twins", stop_in_second_epoch)
     assert train(run_config, tmp_path / "started") == 130
-    monkeypatch.setattr(dual_contrastive, "validate_dual", real_validate)
+    monkeypatch.setattr(dual_contrastive, "validate_dual_with_twins", real_validate)
     assert (tmp_path / "started" / "last" / "state.json").exists()
     assert len(calls) == 2  # stopped in the second epoch, after its checkpoint of epoch 1
 
