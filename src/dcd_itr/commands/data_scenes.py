@@ -43,6 +43,44 @@ def data_scenes(args: argparse.Namespace) -> Path:
     return dataset_path
 
 
+# The integer options of `dcd data scenes`: flag, default, help (the default is appended).
+_SIZE_OPTIONS = (
+    ("--seed", scenes.DEFAULT_SEED, "seed of vocabulary, scenes and splits"),
+    (
+        "--vocab",
+        scenes.DEFAULT_VOCAB,
+        "emoji drawn from the ~1,250 eligible ones (single code point, plain unique name)",
+    ),
+    (
+        "--train-scenes",
+        scenes.DEFAULT_TRAIN_SCENES,
+        "train twin pairs; each is 2 images, a scene and its swapped twin",
+    ),
+    ("--val-pairs", scenes.DEFAULT_VAL_PAIRS, "val twin pairs, 2 images each"),
+    (
+        "--test-pairs",
+        scenes.DEFAULT_TEST_PAIRS,
+        "test twin pairs, 2 images each; drawn first, so they do not change with --train-scenes",
+    ),
+    (
+        "--objects",
+        scenes.DEFAULT_OBJECTS,
+        "emoji per scene, 2 to 4 (cells of the 2x2 grid); the relation names two of them",
+    ),
+    (
+        "--canvas",
+        scenes.DEFAULT_CANVAS,
+        f"image side in px, {scenes.CANVAS_RANGE[0]} to {scenes.CANVAS_RANGE[1]}",
+    ),
+    (
+        "--novel-pairs",
+        0,
+        "also write novel/dataset_scenes_novel.json: a test split of this many twin pairs made only of eligible emoji "
+        "outside --vocab, never seen in training; the main dataset is unchanged",
+    ),
+)
+
+
 def add_scenes_parser(data_commands: argparse._SubParsersAction) -> None:
     parser = data_commands.add_parser(
         "scenes",
@@ -58,56 +96,8 @@ def add_scenes_parser(data_commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (images/ and dataset_scenes.json)"
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=scenes.DEFAULT_SEED,
-        help="seed of vocabulary, scenes and splits (default %(default)s)",
-    )
-    parser.add_argument(
-        "--vocab",
-        type=int,
-        default=scenes.DEFAULT_VOCAB,
-        help="emoji drawn from the ~1,250 eligible ones (single code point, plain unique name) (default %(default)s)",
-    )
-    parser.add_argument(
-        "--train-scenes",
-        type=int,
-        default=scenes.DEFAULT_TRAIN_SCENES,
-        help="train twin pairs; each is 2 images, a scene and its swapped twin (default %(default)s)",
-    )
-    parser.add_argument(
-        "--val-pairs",
-        type=int,
-        default=scenes.DEFAULT_VAL_PAIRS,
-        help="val twin pairs, 2 images each (default %(default)s)",
-    )
-    parser.add_argument(
-        "--test-pairs",
-        type=int,
-        default=scenes.DEFAULT_TEST_PAIRS,
-        help="test twin pairs, 2 images each; drawn first, so they do not change with --train-scenes "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--objects",
-        type=int,
-        default=scenes.DEFAULT_OBJECTS,
-        help="emoji per scene, 2 to 4 (cells of the 2x2 grid); the relation names two of them (default %(default)s)",
-    )
-    parser.add_argument(
-        "--canvas",
-        type=int,
-        default=scenes.DEFAULT_CANVAS,
-        help=f"image side in px, {scenes.CANVAS_RANGE[0]} to {scenes.CANVAS_RANGE[1]} (default %(default)s)",
-    )
-    parser.add_argument(
-        "--novel-pairs",
-        type=int,
-        default=0,
-        help="also write novel/dataset_scenes_novel.json: a test split of this many twin pairs made only of "
-        "eligible emoji outside --vocab, never seen in training; the main dataset is unchanged (default %(default)s)",
-    )
+    for flag, default, help_text in _SIZE_OPTIONS:
+        parser.add_argument(flag, type=int, default=default, help=f"{help_text} (default %(default)s)")
     parser.add_argument(
         "--emoji-data",
         type=Path,
