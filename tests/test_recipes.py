@@ -42,12 +42,16 @@ def tiny_clip(folder: Path) -> Path:
 
 
 def write_dataset(folder: Path, image_folder: str) -> None:
-    """66 train (some restval), 4 val and 4 test images with 2 captions each: enough for Flickr30K's P = 64."""
+    """66 train (some restval), 4 val and 4 test images with 2 distinct captions each: enough for Flickr30K's
+    P = 64 (a caption text shared by two images would take both out of each other's pools)."""
     splits = ["train" if i % 5 else "restval" for i in range(66)] + ["val"] * 4 + ["test"] * 4
     words = ["red", "green", "blue", "yellow", "purple", "orange", "black", "cyan"]
     records = [
         karpathy_record(
-            i, split, [f"a {words[i % 8]} square number {i}", f"the colour {words[i % 8]}"], image_folder
+            i,
+            split,
+            [f"a {words[i % 8]} square number {i}", f"the colour {words[i % 8]} of tile {i}"],
+            image_folder,
         )
         for i, split in enumerate(splits)
     ]
