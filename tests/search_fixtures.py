@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import BertConfig, BertModel, BertTokenizer, ResNetConfig, ResNetModel
 
 from dcd_itr.models.dual import DualConfig, DualEncoderModel
 from dcd_itr.models.fusion import FusionConfig, FusionCrossEncoder
 from dcd_itr.models.registry import save_model_description
 from dcd_itr.search.build import index_build
+from dcd_itr.speed.tiny_model import save_tiny_towers
 from helpers import karpathy_record, make_image
 
 COLOUR_NAMES = [
@@ -100,20 +100,7 @@ def build_tiny_setup(root: Path) -> TinySetup:
     """Towers, a dual model, a cross-encoder and the dataset under ``root`` (the ``tiny_search`` fixture makes
     them once per test session)."""
     torch.manual_seed(0)
-    image_tower, text_tower = root / "resnet", root / "bert"
-    ResNetModel(
-        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-    ).save_pretrained(image_tower)
-    BertTokenizer(vocab={token: index for index, token in enumerate(VOCAB)}).save_pretrained(text_tower)
-    bert = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    BertModel(bert).save_pretrained(text_tower)
+    image_tower, text_tower = save_tiny_towers(root, VOCAB)
     dual_config = tiny_dual_config(image_tower, text_tower)
     dual = save_model(DualEncoderModel(dual_config).eval(), root / "dual")
     fusion = FusionCrossEncoder(

@@ -37,16 +37,16 @@ TEXT_VOCAB = [
 ]
 
 
-def build_tiny_dual_model(folder: Path, embed_dim: int = 64, seed: int = 0) -> Path:
-    """A dual model folder with random tiny towers (saved beside it); returns the model folder."""
-    torch.manual_seed(seed)
-    image_tower, text_tower, model_dir = folder / "resnet", folder / "bert", folder / "dual"
+def save_tiny_towers(folder: Path, vocab: list[str]) -> tuple[Path, Path]:
+    """A random tiny ResNet (folder/resnet) and BERT with a word-level tokenizer over ``vocab`` (folder/bert),
+    saved as Hugging Face folders; the caller seeds torch. Returns (image tower, text tower)."""
+    image_tower, text_tower = folder / "resnet", folder / "bert"
     ResNetModel(
         ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     ).save_pretrained(image_tower)
-    BertTokenizer(vocab={token: i for i, token in enumerate(TEXT_VOCAB)}).save_pretrained(text_tower)
+    BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(text_tower)
     bert = BertConfig(
-        vocab_size=len(TEXT_VOCAB),
+        vocab_size=len(vocab),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -54,6 +54,14 @@ def build_tiny_dual_model(folder: Path, embed_dim: int = 64, seed: int = 0) -> P
         max_position_embeddings=64,
     )
     BertModel(bert).save_pretrained(text_tower)
+    return image_tower, text_tower
+
+
+def build_tiny_dual_model(folder: Path, embed_dim: int = 64, seed: int = 0) -> Path:
+    """A dual model folder with random tiny towers (saved beside it); returns the model folder."""
+    torch.manual_seed(seed)
+    image_tower, text_tower = save_tiny_towers(folder, TEXT_VOCAB)
+    model_dir = folder / "dual"
     config = DualConfig(
         image_view=f"hf:{image_tower}@32",
         text_view=f"hf:{text_tower}@16",
