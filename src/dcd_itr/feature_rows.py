@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -121,20 +123,25 @@ class ShardedRows:
         unique, inverse = np.unique(rows, return_inverse=True)  # sorted: consecutive rows become one read
         shards = np.searchsorted(self._starts, unique, side="right") - 1  # (U,)
         breaks = np.flatnonzero((np.diff(unique) != 1) | (np.diff(shards) != 0)) + 1
-        pieces = []
-        for run in np.split(np.arange(len(unique)), breaks):
-            if not run.size:
-                continue
-            shard = int(shards[run[0]])
-            local = int(unique[run[0]] - self._starts[shard])
-            size = len(run) * self._row_bytes
-            with open(self.paths[shard], "rb") as stream:
-                data = os.pread(stream.fileno(), size, self._offsets[shard] + local * self._row_bytes)
-            if len(data) != size:
-                raise CorruptFileError(self.paths[shard], f"shard is truncated (reading {self.name!r})")
-            pieces.append(
-                torch.frombuffer(bytearray(data), dtype=self.stored_dtype).view(len(run), *self._tail)
-            )
+        pieces, opened = [], {}  # each shard opened once per read, however many runs it holds
+        try:
+            for run in np.split(np.arange(len(unique)), breaks):
+                if not run.size:
+                    continue
+                shard = int(shards[run[0]])
+                local = int(unique[run[0]] - self._starts[shard])
+                size = len(run) * self._row_bytes
+                if shard not in opened:
+                    opened[shard] = os.open(self.paths[shard], os.O_RDONLY)
+                data = os.pread(opened[shard], size, self._offsets[shard] + local * self._row_bytes)
+                if len(data) != size:
+                    raise CorruptFileError(self.paths[shard], f"shard is truncated (reading {self.name!r})")
+                pieces.append(
+                    torch.frombuffer(bytearray(data), dtype=self.stored_dtype).view(len(run), *self._tail)
+                )
+        finally:
+            for descriptor in opened.values():
+                os.close(descriptor)
         if not pieces:
             return torch.empty((0, *self._tail), dtype=self.dtype)
         gathered = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (U, ...)
@@ -183,3 +190,74 @@ def read_tensors_checked(path: Path, names: list[str] | tuple[str, ...]) -> dict
     if CHECKSUM_KEY in metadata and digest.hexdigest() != metadata[CHECKSUM_KEY]:
         raise ValueError("its tensors do not match the checksum stored with them (corrupted)")
     return kept
+
+
+SPILL_SHARD_BYTES = 64 * 2**20  # rows per spill file: ~64 MiB keeps files few and a write's buffer small
+# encodings held in RAM before spilling starts: COCO's 25K test captions fit (no disk reads while scoring), a
+# 566K-caption train split's token states do not (they would need ~9 GB at width 96)
+SPILL_BUDGET_BYTES = 2**30
+
+
+def is_lazy(features: dict) -> bool:
+    """True when some value of a FeatureBatch is :class:`ShardedRows` (rows that live on disk)."""
+    return any(isinstance(value, ShardedRows) for value in features.values())
+
+
+def _nbytes(batch: dict[str, torch.Tensor]) -> int:
+    return sum(value.numel() * value.element_size() for value in batch.values())
+
+
+def spill_rows(
+    batches: Iterable[dict[str, torch.Tensor]],
+    directory: str | os.PathLike[str] | None = None,  # None: the system's temporary folder ($TMPDIR)
+    budget_bytes: int | None = None,  # None: SPILL_BUDGET_BYTES
+    shard_bytes: int = SPILL_SHARD_BYTES,
+) -> dict[str, torch.Tensor | ShardedRows]:
+    """Consecutive FeatureBatches as one: concatenated in RAM while they total at most ``budget_bytes``, else
+    written to temporary shard files and returned as one :class:`ShardedRows` per name, so memory holds at most
+    ``budget_bytes`` of rows at any time.
+
+    What a model encodes from a split that does not fit in RAM (a cross-encoder's projected token states of COCO's
+    566K captions) is spilled here once and read back per batch. The folder is deleted when the last returned
+    ShardedRows is garbage-collected (each holds a reference to it).
+    """
+    from safetensors.torch import save_file
+
+    budget = SPILL_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    folder: tempfile.TemporaryDirectory | None = None
+    paths: list[Path] = []
+    rows: list[int] = []
+    pending: list[dict[str, torch.Tensor]] = []
+
+    def concatenated() -> dict[str, torch.Tensor]:  # on the batches' device
+        return {name: torch.cat([batch[name] for batch in pending]).detach() for name in pending[0]}
+
+    def flush() -> None:
+        if not pending:
+            return
+        tensors = {name: value.cpu().contiguous() for name, value in concatenated().items()}
+        path = Path(folder.name) / f"spill-{len(paths):05d}.safetensors"
+        save_file(tensors, str(path))
+        paths.append(path)
+        rows.append(next(iter(tensors.values())).shape[0])
+        pending.clear()
+
+    held = total = 0
+    for batch in batches:
+        pending.append(batch)
+        held, total = held + _nbytes(batch), total + _nbytes(batch)
+        if folder is None and total > budget:
+            folder = tempfile.TemporaryDirectory(prefix="dcd-spill-", dir=directory)
+        if folder is not None and held >= min(shard_bytes, budget):
+            flush()
+            held = 0
+    if not pending and not paths:
+        raise ValueError("nothing to encode: no batches")
+    if folder is None:  # everything fitted the budget
+        return concatenated()
+    flush()
+    names = [name for name in read_safetensors_header(paths[0])[1] if name != "__metadata__"]
+    spilled = {name: ShardedRows(paths, name, rows) for name in names}
+    for value in spilled.values():
+        value.keep_alive = folder  # the folder lives as long as any of its readers
+    return spilled

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.data.same_text import TextGroups
+from dcd_itr.feature_rows import is_lazy, spill_rows
 from dcd_itr.interfaces import (
     CrossEncoder,
     FeatureBatch,
@@ -268,13 +269,16 @@ def _model_device(model: Any) -> torch.device:
 
 
 def _encode_all(encode: Any, features: FeatureBatch, batch_size: int, device: torch.device) -> FeatureBatch:
-    """Run ``encode`` once on every row of ``features``, ``batch_size`` rows at a time."""
+    """Run ``encode`` once on every row of ``features``, ``batch_size`` rows at a time. Lazy features (rows on disk,
+    :class:`~dcd_itr.feature_rows.ShardedRows`) give lazy encodings: spilled to temporary shards, read per batch."""
     total = feature_batch_size(features)
-    batches = []
-    for start in range(0, total, batch_size):
-        rows = slice_features(features, slice(start, start + batch_size))
-        batches.append(encode({name: value.to(device) for name, value in rows.items()}))
-    return concat_features(batches)
+
+    def batches():
+        for start in range(0, total, batch_size):
+            rows = slice_features(features, slice(start, start + batch_size))
+            yield encode({name: value.to(device) for name, value in rows.items()})
+
+    return spill_rows(batches()) if is_lazy(features) else concat_features(list(batches()))
 
 
 def score_pools(
@@ -283,13 +287,14 @@ def score_pools(
     text_features: FeatureBatch,
     pools: Pools,
     batch_anchors: int = 256,  # 256 anchors x P=16 = 4096 pairs per score_pairs call: fills a GPU, fits a CPU
-    encode_batch_size: int = 256,  # rows per encode call; the encoded split is kept whole in memory
+    encode_batch_size: int = 256,  # rows per encode call; lazy features: the encodings are spilled to disk
     progress: bool = True,  # a COCO round is ~9.4M pairs: worth a progress bar
 ) -> Tensor:
     """Teacher logits for every (anchor, candidate) pair of ``pools`` -> (A, P) float32 on the CPU.
 
     ``image_features`` (N rows) and ``text_features`` (M rows) are the whole split's model inputs; each side is
-    encoded once per item, then pairs are scored with ``teacher.score_pairs`` in batches, under inference mode.
+    encoded once per item (kept in memory, or for lazy inputs spilled to temporary shards, so memory stays bounded
+    by a batch at COCO scale), then pairs are scored with ``teacher.score_pairs`` in batches, under inference mode.
     The teacher must be in eval mode (dropout would make the cached scores noisy).
     """
     if isinstance(teacher, torch.nn.Module) and teacher.training:
@@ -315,7 +320,11 @@ def score_pools(
             image_rows, text_rows = (
                 (anchor_pairs, candidate_pairs) if image_is_anchor else (candidate_pairs, anchor_pairs)
             )
-            logits = teacher.score_pairs(slice_features(images, image_rows), slice_features(texts, text_rows))
+            image_batch, text_batch = slice_features(images, image_rows), slice_features(texts, text_rows)
+            logits = teacher.score_pairs(
+                {name: value.to(device) for name, value in image_batch.items()},  # spilled rows: read on CPU
+                {name: value.to(device) for name, value in text_batch.items()},
+            )
             scores[block] = logits.float().reshape(-1, pool_size).cpu()
     return scores
 

@@ -26,7 +26,15 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from dcd_itr.data.dataset import RetrievalSplit
-from dcd_itr.distill.pools import DIRECTIONS, build_pools, check_direction, score_pools, select_hard_negatives
+from dcd_itr.distill.pools import (
+    DIRECTIONS,
+    Pools,
+    build_pools,
+    check_direction,
+    round_generator,
+    score_pools,
+    select_hard_negatives,
+)
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
 from dcd_itr.interfaces import CrossEncoder, FeatureBatch
 from dcd_itr.io_utils import atomic_path, load_checked, with_checksum, write_json_atomic
@@ -75,6 +83,7 @@ def mine_round(
     student_negatives: torch.Tensor | None = None,
     scorer: Callable[..., torch.Tensor] = score_pools,
     exclude_same_text: bool = True,  # see build_pools: text-identical captions are no negatives
+    max_anchors: int | None = None,  # score only this many anchors, drawn at random (CPU budgets); None = all
     **score_options: Any,
 ) -> RoundScores:
     """Steps 1-2 for one round and direction: build pools, score them with the teacher, keep the hard ones.
@@ -84,9 +93,21 @@ def mine_round(
     raw images and caption strings.
     """
     pools = build_pools(split, direction, pool_size, seed, round_index, student_negatives, exclude_same_text)
+    if max_anchors is not None and max_anchors < pools.num_anchors:
+        pools = subsample_anchors(pools, max_anchors, seed, round_index)
     pool_scores = scorer(teacher, image_features, text_features, pools, **score_options)  # (A, P)
     student_candidates, teacher_logits = select_hard_negatives(pool_scores, pools.candidates, num_candidates)
     return RoundScores(pools.anchor_rows, pools.candidates, pool_scores, student_candidates, teacher_logits)
+
+
+def subsample_anchors(pools: Pools, count: int, seed: int, round_index: int) -> Pools:
+    """``count`` of the pools' anchors, drawn uniformly without replacement from (seed, round, direction) alone and
+    kept in their original order: a capped mining round for a CPU budget."""
+    if count < 1:
+        raise ValueError(f"max_anchors must be at least 1, got {count}")
+    generator = round_generator(seed, round_index, f"{pools.direction}/subsample")
+    keep = torch.randperm(pools.num_anchors, generator=generator)[:count].sort().values  # (count,)
+    return Pools(pools.direction, pools.anchor_rows[keep], pools.positive[keep], pools.candidates[keep])
 
 
 def _differences(existing: dict, wanted: dict) -> list[str]:

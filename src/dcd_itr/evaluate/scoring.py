@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dcd_itr.errors import CacheMismatchError, CorruptFileError
+from dcd_itr.feature_rows import is_lazy, spill_rows
 from dcd_itr.interfaces import (
     CrossEncoder,
     FeatureBatch,
@@ -94,15 +95,21 @@ def encode_all(
     ``inputs`` is anything sliceable with ``len`` (a list of images or strings) or a FeatureBatch of cached rows.
     Runs under ``torch.no_grad()`` (not inference mode, so the features can feed a training step) and with the
     owning module in eval mode.
+    Lazy features (:class:`~dcd_itr.feature_rows.ShardedRows`, token states on disk) give lazy encodings: spilled
+    to temporary shards and read back per batch, so a split's encoded token states are never held in RAM.
     """
     is_features = isinstance(inputs, dict)
     total = feature_batch_size(inputs) if is_features else len(inputs)
-    batches = []
-    with _eval_mode(getattr(encode_fn, "__self__", None)), torch.no_grad():
+
+    def batches() -> Iterator[FeatureBatch]:
         for start in tqdm(range(0, total, batch_size), desc="encoding", unit="batch", disable=not progress):
             rows = slice(start, min(start + batch_size, total))
-            batches.append(encode_fn(slice_features(inputs, rows) if is_features else inputs[rows]))
-    return concat_features(batches)
+            yield encode_fn(slice_features(inputs, rows) if is_features else inputs[rows])
+
+    with _eval_mode(getattr(encode_fn, "__self__", None)), torch.no_grad():
+        if is_features and is_lazy(inputs):
+            return spill_rows(batches())
+        return concat_features(list(batches()))
 
 
 class _ShardStore:

@@ -110,6 +110,9 @@ class DistillConfig:
         False  # True: one mining round per epoch (rounds = epochs), as the reference draws anew
     )
     exclude_same_text: bool = True  # text-identical captions are no negatives (pools and in-batch InfoNCE)
+    # teacher-scored anchors per round and direction, drawn at random (CPU budgets, benchmarks/scale.py); None =
+    # every caption, the method as specified
+    max_anchors_per_round: int | None = None
     anchors_per_batch: int = 64
     infonce_weight: float = 0.5  # beta: in-batch InfoNCE beside the candidate-list loss (dual only)
     # scenes datasets: every pool holds the anchor's swapped twin (the teacher still picks the K-1 it keeps)
@@ -193,6 +196,7 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
         extra={
             **({"exclude_same_text": True} if config.exclude_same_text else {}),
             **({"twin_negatives": True} if config.twin_negatives else {}),
+            **({"max_anchors": config.max_anchors_per_round} if config.max_anchors_per_round else {}),
         }
         or None,
     )
@@ -217,11 +221,21 @@ def _teacher_rounds(config: DistillConfig, teacher: Teacher, train, progress: bo
                 scorer=scorer,
                 progress=progress,
                 exclude_same_text=config.exclude_same_text,
+                max_anchors=config.max_anchors_per_round,
             ),
         )
         for index in range(mining_rounds(config))
     ]
     return rounds, time.perf_counter() - started
+
+
+def build_teacher_cache(config: DistillConfig, progress: bool = True) -> float:
+    """Build (or reuse) every mining round of ``config``'s teacher-score cache without training; returns seconds.
+    What :func:`distill` does first, on its own: the scale benchmark measures it as a stage."""
+    device = resolve_device(config.train.device)
+    teacher = load_frozen_teacher(config.teacher, device, config.teacher_options)
+    inputs = teacher.inputs(Path(config.data), Path(config.features), "train")
+    return _teacher_rounds(config, teacher, inputs, progress, announce=True)[1]
 
 
 def candidate_batches(round_scores: dict[str, RoundScores], anchors_per_batch: int, seed: int, epoch: int):
