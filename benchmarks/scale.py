@@ -327,7 +327,16 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/scale"))
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
+    parser.add_argument(
+        "--report-from", type=Path, help="write the report from a run's printed rows (JSON lines)"
+    )
+    parser.add_argument("--command", help="with --report-from: the command that printed the rows")
     args = parser.parse_args()
+    if args.report_from:
+        lines = args.report_from.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.startswith("{")]
+        write_report(rows, args, args.command or "see --report-from", args.results)
+        return
     if args.stage:
         details = run_stage(args.stage, args.out, args)
         (args.out / "stages").mkdir(parents=True, exist_ok=True)
