@@ -230,8 +230,9 @@ def train_grounded_teacher(config: GroundedTeacherConfig, progress: bool = True)
     model = GroundedCrossEncoder(config.model)
     views = (model.image_views, model.text_views)
     data = Path(config.data)
-    train = load_split_features(data, Path(config.features), "train", *views)
-    val = load_split_features(data, Path(config.features), "val", *views)
+    # token states read per batch (lazy): a COCO-sized split's do not fit in RAM
+    train = load_split_features(data, Path(config.features), "train", *views, lazy=True)
+    val = load_split_features(data, Path(config.features), "val", *views, lazy=True)
     train_index = SceneIndex.from_dataset(data, train.split)
     val_subset, val_twin = validation_subset(
         val, SceneIndex.from_dataset(data, val.split).twin, config.val_twin_pairs

@@ -100,8 +100,9 @@ def train_teacher(config: TeacherTrainingConfig, progress: bool = True) -> Train
     seed_initial_weights(config.train.seed)
     teacher = assemble_teacher(config, paths)
     views = (teacher.image_views, teacher.text_views)
-    train = load_split_features(Path(config.data), Path(config.features), "train", *views)
-    val = load_split_features(Path(config.data), Path(config.features), "val", *views)
+    # token states read per batch (lazy): a COCO-sized split's do not fit in RAM
+    train = load_split_features(Path(config.data), Path(config.features), "train", *views, lazy=True)
+    val = load_split_features(Path(config.data), Path(config.features), "val", *views, lazy=True)
     save_model_description(teacher, out / "best")
     ensemble_path = out / "ensemble_val_metrics.json"  # same config (prepare_run_dir checked): same ensemble
     if ensemble_path.exists():
