@@ -274,10 +274,27 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores ({model}), {memory:.0f} GiB RAM, Linux {platform.release()}"
 
 
-def write_report(rows: list[dict], args, command: str, results: Path) -> None:
+LABELS = {  # report wording of the stages' detail keys
+    "score_seconds": "score_pools s (encoding included)",
+    "encode_seconds": "encoding s (both sides, both directions)",
+    "epoch_seconds": "capped epoch s (training steps)",
+    "val": "val (100 images)",
+}
+
+
+def _shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def write_report(rows: list[dict], args, command: str, results: Path, note: str = "") -> None:
     from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 
     payload = {"command": command, "machine": machine(), "load_average": os.getloadavg(), "stages": rows}
+    payload |= {"note": note} if note else {}
     write_json_atomic(results.with_suffix(".json"), payload)
     lines = [
         "# COCO-sized run on one machine",
@@ -301,13 +318,15 @@ def write_report(rows: list[dict], args, command: str, results: Path) -> None:
             for k, v in row.items()
             if k not in ("stage", "seconds", "peak_rss_mib", "projected_full_seconds")
         }
-        note = "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in notes.items())
+        detail = "; ".join(f"{LABELS.get(k, k)} {_shown(v)}" for k, v in notes.items())
         lines.append(
             f"| {row['stage']} | {row['seconds']:.1f} | {row['peak_rss_mib']:.0f} | "
-            f"{f'{projected:.0f}' if projected else '-'} | {note} |"
+            f"{f'{projected:.0f}' if projected else '-'} | {detail} |"
         )
     peak = max(row["peak_rss_mib"] for row in rows)
-    lines += ["", f"Peak RSS over all stages: {peak:.0f} MiB (target <= 8192)."]
+    lines += ["", f"Peak RSS over all stages: {peak:.0f} MiB (target <= 8192)."] + (
+        ["", note] if note else []
+    )
     write_text_atomic(results.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
@@ -331,11 +350,12 @@ def main() -> None:
         "--report-from", type=Path, help="write the report from a run's printed rows (JSON lines)"
     )
     parser.add_argument("--command", help="with --report-from: the command that printed the rows")
+    parser.add_argument("--note", default="", help="with --report-from: a line added under the table")
     args = parser.parse_args()
     if args.report_from:
         lines = args.report_from.read_text(encoding="utf-8").splitlines()
         rows = [json.loads(line) for line in lines if line.startswith("{")]
-        write_report(rows, args, args.command or "see --report-from", args.results)
+        write_report(rows, args, args.command or "see --report-from", args.results, args.note)
         return
     if args.stage:
         details = run_stage(args.stage, args.out, args)
