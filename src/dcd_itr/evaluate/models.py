@@ -78,7 +78,8 @@ def cross_metrics(
 def _features(model, data: Path, features: Path, split: str) -> SplitFeatures:
     # a position-aware dual also reads tokens + mask (its feature_names)
     names = tuple(getattr(model, "feature_names", POOLED_ONLY))
-    subset = {"lazy": True} if is_cross_encoder(model) else {"names": names}  # see load_split_features
+    # see load_split_features: token states (cross-encoders, position-aware duals) are read per batch
+    subset = {"lazy": True} if is_cross_encoder(model) else {"names": names, "lazy": "tokens" in names}
     return load_split_features(data, features, split, model.image_views, model.text_views, **subset)
 
 

@@ -327,7 +327,7 @@ def distill(config: DistillConfig, progress: bool = True) -> TrainResult:
     # tensor, its token states per batch (lazy)
     names = tuple(student.feature_names) if config.student == "dual" else None
     reads = lambda key: names is None or key.rsplit(".", 1)[-1] in names  # noqa: E731
-    subset = {"names": names} if config.student == "dual" else {"lazy": True}
+    subset = {"names": names, "lazy": "tokens" in names} if config.student == "dual" else {"lazy": True}
     train = _on_device(
         load_split_features(Path(config.data), Path(config.features), "train", *views, **subset),
         device,

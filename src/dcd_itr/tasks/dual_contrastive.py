@@ -58,10 +58,13 @@ def train_dual(config: DualTrainingConfig, progress: bool = True) -> TrainResult
     seed_initial_weights(config.train.seed)
     model = DualEncoderModel(config.model)
     views = (model.image_views, model.text_views)
+    lazy = "tokens" in model.feature_names  # a position-aware dual reads token states per batch
     train = load_split_features(
-        Path(config.data), Path(config.features), "train", *views, model.feature_names
+        Path(config.data), Path(config.features), "train", *views, model.feature_names, lazy
     )
-    val = load_split_features(Path(config.data), Path(config.features), "val", *views, model.feature_names)
+    val = load_split_features(
+        Path(config.data), Path(config.features), "val", *views, model.feature_names, lazy
+    )
     save_model_description(model, out / "best")
     loss = SymmetricInfoNCELoss()
     same_text = TextGroups.from_captions(train.split.captions, train.split.caption_to_image)
