@@ -3,7 +3,6 @@ pairs, and the split path agreeing with the model's own scores."""
 
 from __future__ import annotations
 
-
 from dcd_itr.models.grounded import cut_grounded_student
 from dcd_itr.speed.pair_split import MODES, agreement, pair_split_speed
 from test_grounded import random_features
