@@ -35,7 +35,7 @@ from dcd_itr.speed.cascade import (
     sample_rates,
     time_cascade,
 )
-from dcd_itr.speed.common import format_seconds
+from dcd_itr.speed.common import format_ratio, format_seconds
 
 
 def markdown(run: CascadeRun) -> str:
@@ -63,15 +63,15 @@ def markdown(run: CascadeRun) -> str:
         "| system | queries | measured / projected | s per query | queries/s | speed-up vs teacher |",
         "|---|---|---|---|---|---|",
         f"| cascade k={s['rerank']}, gallery side stored | {c['queries']} | measured end to end | "
-        f"{cascade_query_s * 1000:.1f} ms | {c['queries_per_s']:.1f} | {teacher_query_s / cascade_query_s:,.0f}x |",
+        f"{cascade_query_s * 1000:.1f} ms | {c['queries_per_s']:.1f} | {format_ratio(teacher_query_s / cascade_query_s)} |",
         f"| cascade k={s['rerank']}, old path (cross towers on the top k at query time) | {o['queries']} | measured "
         f"end to end | {o['seconds'] / o['queries'] * 1000:.0f} ms | {o['queries_per_s']:.2f} | "
-        f"{teacher_query_s * o['queries_per_s']:,.0f}x |",
+        f"{format_ratio(teacher_query_s * o['queries_per_s'])} |",
         f"| teacher, full ranking of the gallery | {s['sample_queries']} | projected: text side + {n:,} x pair "
         f"time measured on {t['pairs']:,} pairs | {format_seconds(teacher_query_s)} | {1 / teacher_query_s:.3f} | 1x |",
         f"| cross student, full ranking of the gallery | {s['sample_queries']} | projected the same way | "
         f"{format_seconds(st['text_s'] + n * st['pair_s'])} | {1 / (st['text_s'] + n * st['pair_s']):.3f} | "
-        f"{teacher_query_s / (st['text_s'] + n * st['pair_s']):.2f}x |",
+        f"{format_ratio(teacher_query_s / (st['text_s'] + n * st['pair_s']))} |",
         "",
         "Cascade parts (mean ms per query): "
         + ", ".join(f"{k} {v:.2f}" for k, v in c["ms_mean"].items())
@@ -94,7 +94,7 @@ def markdown(run: CascadeRun) -> str:
         "| system | COCO-5K | speed-up vs teacher |",
         "|---|---|---|",
         f"| teacher (full ranking) | {format_seconds(p['teacher_s'])} | 1x |",
-        f"| cascade k={s['rerank']}, gallery side stored | {format_seconds(p['cascade_s'])} | {p['speedup']:,.0f}x |",
+        f"| cascade k={s['rerank']}, gallery side stored | {format_seconds(p['cascade_s'])} | {format_ratio(p['speedup'])} |",
     ]
     return "\n".join(lines) + "\n"
 
