@@ -33,6 +33,7 @@ from dcd_itr.speed.cascade import (
     old_path,
     project_coco,
     sample_rates,
+    sample_tower_features,
     time_cascade,
 )
 from dcd_itr.speed.common import format_ratio, format_seconds
@@ -109,8 +110,8 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, default=16)  # the cascade k
     parser.add_argument("--queries", type=int, default=300)  # gallery captions, seed 0
     parser.add_argument("--old-queries", type=int, default=6)  # the old path costs ~2 s a query
-    parser.add_argument("--sample-images", type=int, default=256)  # gallery images the teacher scores
-    parser.add_argument("--sample-queries", type=int, default=16)  # queries x sample images = teacher pairs
+    parser.add_argument("--sample-images", type=int, default=128)  # gallery images the teacher scores
+    parser.add_argument("--sample-queries", type=int, default=32)  # queries x sample images = teacher pairs
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -142,11 +143,12 @@ def main() -> None:
     print("old path", run.old_path, flush=True)
     sample_paths = retriever.gallery.image_paths[: args.sample_images]
     sample_texts = [text for text, _ in queries[: args.sample_queries]]
-    run.teacher, run.per_image["teacher"] = sample_rates(args.teacher, sample_paths, sample_texts, "teacher")
+    towers, run.per_image["region_towers"] = sample_tower_features(args.cross, sample_paths)
+    run.teacher, teacher_image_s = sample_rates(args.teacher, towers, sample_texts, "teacher")
+    run.per_image["teacher"] = run.per_image["region_towers"] + teacher_image_s
     print("teacher", run.teacher, flush=True)
-    run.student_sample, run.per_image["cross"] = sample_rates(
-        args.cross, sample_paths, sample_texts, "student"
-    )
+    run.student_sample, student_image_s = sample_rates(args.cross, towers, sample_texts, "student")
+    run.per_image["cross"] = run.per_image["region_towers"] + student_image_s
     print("student", run.student_sample, flush=True)
     run.per_image["dual"] = dual_image_seconds(Path(retriever.gallery.model_dir), sample_paths[:64])
     run.projection = project_coco(run, args.rerank, retriever.index.dim)

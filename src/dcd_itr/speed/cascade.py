@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from dcd_itr.export.runtime import load_dual_encoder
+from dcd_itr.interfaces import FeatureBatch, feature_batch_size
 from dcd_itr.models.end_to_end import EndToEnd
 from dcd_itr.models.grounded_pairs import GroundedPairScorer
 from dcd_itr.search.retriever import Retriever
@@ -115,18 +116,29 @@ def old_path(retriever: Retriever, queries: list[tuple[str, int]], rerank: int) 
 
 
 @torch.inference_mode()
+def sample_tower_features(cross_dir: Path, image_paths: list[str]) -> tuple[FeatureBatch, float]:
+    """The region towers' features of the sampled gallery images (teacher and student read the same view) and
+    the seconds per image they took."""
+    cross = EndToEnd.load(cross_dir)
+    started = time.perf_counter()
+    features = cross.tower_image_features(image_paths)
+    return features, (time.perf_counter() - started) / len(image_paths)
+
+
+@torch.inference_mode()
 def sample_rates(
-    cross_dir: Path, image_paths: list[str], texts: list[str], label: str
+    cross_dir: Path, tower_features: FeatureBatch, texts: list[str], label: str
 ) -> tuple[dict[str, Any], float]:
-    """A grounded cross-encoder's image side (towers + encodings) per image, text side per query and per-pair
-    seconds on len(image_paths) x len(texts) pairs (each query against every sampled image)."""
+    """A grounded cross-encoder's image side from tower features (seconds per image, towers excluded), text side
+    per query (towers included) and per-pair seconds, each query against every sampled image."""
     cross = EndToEnd.load(cross_dir)
     scorer = GroundedPairScorer(cross.model)
+    count = feature_batch_size(tower_features)
     started = time.perf_counter()
-    images = scorer.encode_images(cross.tower_image_features(image_paths))
-    image_s = (time.perf_counter() - started) / len(image_paths)
+    images = scorer.encode_images(tower_features)
+    image_s = (time.perf_counter() - started) / count
     text_s = pair_s = 0.0
-    rows = torch.arange(len(image_paths))
+    rows = torch.arange(count)
     for text in texts:
         started = time.perf_counter()
         query = scorer.encode_texts(cross.tower_text_features([text]))
@@ -134,7 +146,7 @@ def sample_rates(
         started = time.perf_counter()
         scorer.score(images, query, rows, torch.zeros_like(rows))
         pair_s += time.perf_counter() - started
-    pairs = len(texts) * len(image_paths)
+    pairs = len(texts) * count
     return {
         "model": label,
         "pairs": pairs,
