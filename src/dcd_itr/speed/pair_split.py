@@ -86,3 +86,40 @@ def agreement(model: torch.nn.Module, images: FeatureBatch, texts: FeatureBatch)
 
 def subset(features: FeatureBatch, count: int) -> FeatureBatch:
     return slice_features(features, slice(0, count))
+
+
+@torch.inference_mode()
+def stage_seconds(model: torch.nn.Module, images: FeatureBatch, texts: FeatureBatch) -> dict[str, float]:
+    """Seconds of each stage of the split scorer's per-pair part over len(images) x len(texts) pairs, chunk by
+    chunk as :meth:`GroundedPairScorer.score` runs them: grounding + geometry MLP (with the gathers), the full
+    fusion layers, the CLS-only last layer + head."""
+    from dcd_itr.models.grounded_pairs import _last_layer_cls  # the stage functions themselves
+
+    scorer = GroundedPairScorer(model)
+    image_side, text_side = scorer.encode_images(images), scorer.encode_texts(texts)
+    num_images, num_texts = image_side["pairs.keys"].shape[0], text_side["pairs.queries"].shape[0]
+    image_rows = torch.arange(num_images).repeat_interleave(num_texts)
+    text_rows = torch.arange(num_texts).repeat(num_images)
+    seconds = {"grounding + geometry MLP": 0.0, "full fusion layers": 0.0, "CLS-only last layer + head": 0.0}
+    for start in range(0, len(image_rows), scorer.pair_chunk):
+        rows_i, rows_t = (
+            image_rows[start : start + scorer.pair_chunk],
+            text_rows[start : start + scorer.pair_chunk],
+        )
+        started = time.perf_counter()
+        tokens = scorer._grounded_tokens(image_side, text_side, rows_i, rows_t)
+        pairs, width = tokens.shape[0], tokens.shape[-1]
+        cls = (model.cls_token + model.positions[:, :1]).expand(pairs, 1, width)
+        stream = torch.cat([cls, tokens], dim=1)
+        mask = text_side["pairs.text_mask"][rows_t]
+        padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
+        middle = time.perf_counter()
+        for layer in model.layers[:-1]:
+            stream = layer(stream, src_key_padding_mask=padding)
+        last = time.perf_counter()
+        model.head(model.final_norm(_last_layer_cls(model.layers[-1], stream, padding)))
+        done = time.perf_counter()
+        seconds["grounding + geometry MLP"] += middle - started
+        seconds["full fusion layers"] += last - middle
+        seconds["CLS-only last layer + head"] += done - last
+    return seconds
