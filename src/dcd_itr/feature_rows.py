@@ -253,7 +253,7 @@ def spill_rows(
         held, total = held + _nbytes(batch), total + _nbytes(batch)
         if folder is None and total > budget:
             folder = tempfile.TemporaryDirectory(prefix="dcd-spill-", dir=directory)
-        if folder is not None and held >= shard_bytes:
+        if folder is not None and held >= min(shard_bytes, budget):
             flush()
             held = 0
     if not pending and not paths:
