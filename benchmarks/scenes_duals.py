@@ -175,6 +175,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, all")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="scenes_duals", help="output file stem under --results")
+    parser.add_argument(
+        "--notes", type=Path, help="a markdown file appended to NAME.md (e.g. what was tried)"
+    )
     parser.add_argument("--split", default="test", choices=["val", "test"], help="val: for choosing settings")
     parser.add_argument(
         "--compare", nargs=2, action="append", default=[], metavar=("A", "B"), help="paired A - B verdicts"
@@ -193,6 +196,8 @@ def main() -> None:
         "comparisons": comparisons(table, args.compare),
     }
     text = markdown(table, args.seeds, args.split, args.compare)
+    if args.notes:
+        text += "\n" + args.notes.read_text(encoding="utf-8")
     write_json_atomic(args.results / f"{args.name}.json", payload)
     write_text_atomic(args.results / f"{args.name}.md", text)
     plot(results, args.results / f"{args.name}_curves.png")
