@@ -2,14 +2,20 @@
 twin-negative) dual, and with a teacher, the DCD dual student against the same architecture without one.
 
     python benchmarks/scenes_duals.py --data data/scenes --features cache/features --seeds 0 \\
-        [--systems bag pos] [--teacher results/scenes/teacher/best] [--set train.epochs=30]
+        [--systems bag pos] [--teacher results/scenes/teacher/best] [--set train.epochs=30] \\
+        [--split val] [--name scenes_duals_dcd] [--compare dcd pos]
 
 Each system is a committed config (configs/scenes_dual_bag.yaml, scenes_dual_pos.yaml, scenes_dcd_dual.yaml; the
 "none" row is scenes_dcd_dual.yaml with loss none) trained once per seed with one torch thread, its best val epoch
 ranked on the test split by ``dcd eval``'s evaluate_model (Recall@K, RSUM, twin text / image / group). Training
 time is the process CPU time of the training steps (validation excluded), logged with every validation, so curves
-of val RSUM and val twin group against CPU-minutes come from the same runs. Writes RESULTS/scenes_duals.json,
-scenes_duals.md and scenes_duals_curves.png.
+of val RSUM and val twin group against CPU-minutes come from the same runs. Writes RESULTS/NAME.json, NAME.md and
+NAME_curves.png (NAME: --name, default scenes_duals).
+
+A run folder that finished with the same overrides (its benchmark_run.json) is reused, not retrained, so systems
+and seeds can be run one command at a time and a final command assembles the table. ``--split val`` ranks the
+best checkpoints on val instead (for choosing settings; test untouched). ``--compare A B`` adds, per metric, the
+paired difference A − B over the seeds with its 95% t interval and the verdict it supports (benchmarks/stats.py).
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from dcd_itr.evaluate import evaluate_model
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.tasks.distill import DistillConfig, distill
 from dcd_itr.tasks.dual_contrastive import DualTrainingConfig, train_dual
+from stats import mean_and_std, paired_difference, verdict_sentence
 
 SYSTEMS = {  # name -> (config, task, extra overrides)
     "bag": ("configs/scenes_dual_bag.yaml", "dual", []),
@@ -59,10 +65,15 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict:
     overrides += [o for o in args.overrides if not o.startswith("teacher")]
     if task == "distill":
         overrides += [f"teacher={args.teacher}", f"teacher_cache={args.teacher_cache}"]
+    marker = out / "benchmark_run.json"
+    if marker.exists() and json.loads(marker.read_text()).get("overrides") == overrides:
+        print(f"{out}: finished with the same overrides, reused")
+    elif task == "distill":
         distill(load_config(config_path, DistillConfig, overrides), progress=False)
     else:
         train_dual(load_config(config_path, DualTrainingConfig, overrides), progress=False)
-    test = evaluate_model(out / "best", args.data, args.features, "test", progress=False)
+    write_json_atomic(marker, {"config": config_path, "overrides": overrides})
+    test = evaluate_model(out / "best", args.data, args.features, args.split, progress=False)
     best = json.loads((out / "best" / "metrics.json").read_text())
     curve = [
         {k: r["validation"].get(k) for k in ("train_cpu_minutes", "rsum", "twin_group")}
@@ -79,32 +90,49 @@ def run_system(name: str, seed: int, args: argparse.Namespace) -> dict:
     }
 
 
-def summarise(runs: list[dict]) -> dict[str, tuple[float, float] | None]:
+def summarise(runs: list[dict]) -> dict[str, list[float]]:
+    """Each column's values over the seeds (a column no run reports is left out)."""
     summary = {}
     for column in COLUMNS:
         values = [r["test"].get(column) for r in runs if r["test"].get(column) is not None]
-        summary[column] = (statistics.mean(values), statistics.pstdev(values)) if values else None
+        if values:
+            summary[column] = values
     return summary
 
 
-def markdown(table: dict[str, dict], seeds: list[int]) -> str:
+def comparisons(table: dict[str, dict], pairs: list[list[str]]) -> list[str]:
+    """Paired verdict sentences (RSUM and twin group) for each (a, b) of ``pairs`` present in ``table``."""
+    sentences = []
+    for name_a, name_b in pairs:
+        for column, unit in (("rsum", "RSUM"), ("twin_group", "twin group points")):
+            a, b = table[name_a].get(column), table[name_b].get(column)
+            if a and b and len(a) == len(b) >= 2:
+                difference = paired_difference(a, b)
+                sentences.append("- " + verdict_sentence(name_a, name_b, difference, unit))
+    return sentences
+
+
+def markdown(table: dict[str, dict], seeds: list[int], split: str, pairs: list[list[str]]) -> str:
     lines = [
         "Command: `python benchmarks/scenes_duals.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        f"Scenes test split; mean ± std over seeds {seeds}; each seed's epoch chosen on val RSUM; CPU-minutes = "
-        "process CPU time of the training steps, 1 torch thread.",
+        f"Scenes {split} split; mean ± sample std over seeds {seeds}; each seed's epoch chosen on val RSUM; "
+        "CPU-minutes = process CPU time of the training steps, 1 torch thread.",
         "",
         "| system | CPU-min | i2t R@1 | t2i R@1 | RSUM | twin text | twin image | twin group |",
         "|---|" + "---:|" * 7,
     ]
     for name, summary in table.items():
-        cells = [
-            "n/a"
-            if value is None
-            else (f"{value[0]:.1f} ± {value[1]:.1f}" if value[1] else f"{value[0]:.1f}")
-            for value in (summary[c] for c in COLUMNS)
+        cells = [mean_and_std(summary[c]) if c in summary else "n/a" for c in COLUMNS]
+        lines.append(f"| {LABELS[name]} ({name}) | " + " | ".join(cells) + " |")
+    sentences = comparisons(table, pairs)
+    if sentences:
+        lines += [
+            "",
+            f"Paired differences over seeds {seeds} (95% t interval; verdict from the interval):",
+            "",
         ]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        lines += sentences
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +174,14 @@ def main() -> None:
     parser.add_argument("--teacher-cache", default="cache/teacher_scores")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, all")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="scenes_duals", help="output file stem under --results")
+    parser.add_argument(
+        "--notes", type=Path, help="a markdown file appended to NAME.md (e.g. what was tried)"
+    )
+    parser.add_argument("--split", default="test", choices=["val", "test"], help="val: for choosing settings")
+    parser.add_argument(
+        "--compare", nargs=2, action="append", default=[], metavar=("A", "B"), help="paired A - B verdicts"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {name: [run_system(name, seed, args) for seed in args.seeds] for name in args.systems}
@@ -155,12 +191,17 @@ def main() -> None:
         "machine": platform.platform(),
         "seeds": args.seeds,
         "overrides": args.overrides,
+        "split": args.split,
         "runs": results,
+        "comparisons": comparisons(table, args.compare),
     }
-    write_json_atomic(args.results / "scenes_duals.json", payload)
-    write_text_atomic(args.results / "scenes_duals.md", markdown(table, args.seeds))
-    plot(results, args.results / "scenes_duals_curves.png")
-    print(markdown(table, args.seeds))
+    text = markdown(table, args.seeds, args.split, args.compare)
+    if args.notes:
+        text += "\n" + args.notes.read_text(encoding="utf-8")
+    write_json_atomic(args.results / f"{args.name}.json", payload)
+    write_text_atomic(args.results / f"{args.name}.md", text)
+    plot(results, args.results / f"{args.name}_curves.png")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ comparable across T; for MSE it cancels the 1/T², so d_i does not depend on T �
   (ListNet's listwise top-one distance over the K list)
 - ``"margin_mse"``, ``"ranknet"``: pairwise distances on the teacher's order, see :mod:`dcd_itr.distill.weighting`
 
+With ``teacher_norm="zscore"`` (dcd, static, weighted) each teacher list is standardised first, t_ij ->
+(t_ij − mean_j t_ij) / (std_j t_ij + ε) (:mod:`dcd_itr.distill.normalise`), so distances and dynamic weights see the
+teacher's order and relative gaps on one scale, and T alone sets how soft its targets are.
+
 The label term (``label=``) is ``"ce"`` (softmax cross-entropy over the list) or ``"bce"`` (mean BCE per entry,
 the reference code's), so an ablation can change the weighting without changing the label loss.
 """
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dcd_itr.distill.normalise import TEACHER_NORMS, normalise_teacher
 from dcd_itr.distill.weighting import (
     DISTILL_WEIGHTINGS,
     LABEL_TERMS,
@@ -68,7 +73,11 @@ def check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
         )
 
 
-def _check_options(alpha: float, temperature: float, distance: str, label: str = "ce") -> None:
+def _check_options(
+    alpha: float, temperature: float, distance: str, label: str = "ce", teacher_norm: str = "none"
+) -> None:
+    if teacher_norm not in TEACHER_NORMS:
+        raise ValueError(f"teacher_norm must be one of {TEACHER_NORMS}, got {teacher_norm!r}")
     if label not in LABEL_TERMS:
         raise ValueError(f"label must be one of {LABEL_TERMS}, got {label!r}")
     if not 0.0 <= alpha <= 1.0:
@@ -154,23 +163,24 @@ class DynamicDistillationLoss(nn.Module):
         reduction: str = "per_sample",  # the fixed form; "reference" only to measure the bug
         distance: str = "mse",  # reference code distils logits with MSE
         label: str = "bce",  # reference code; "ce" is the control that matches static's label term
+        teacher_norm: str = "none",  # the reference's raw logits; "zscore" per list (distill/normalise.py)
     ) -> None:
         super().__init__()
-        _check_options(alpha, temperature, distance, label)
+        _check_options(alpha, temperature, distance, label, teacher_norm)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.alpha, self.temperature, self.reduction, self.distance = alpha, temperature, reduction, distance
-        self.label = label
+        self.label, self.teacher_norm = label, teacher_norm
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, temperature={self.temperature}, reduction={self.reduction!r}, "
-            f"distance={self.distance!r}, label={self.label!r}"
+            f"distance={self.distance!r}, label={self.label!r}, teacher_norm={self.teacher_norm!r}"
         )
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         check_logits(student_logits, teacher_logits)
-        teacher_logits = teacher_logits.detach()
+        teacher_logits = normalise_teacher(teacher_logits.detach(), self.teacher_norm)  # (B, K)
         label_weights, distill_weights = dynamic_sample_weights(
             teacher_logits, self.temperature
         )  # (B,), (B,)
@@ -212,17 +222,22 @@ class StaticDistillationLoss(nn.Module):
         temperature: float = 1.0,  # same as dcd, so the ablation changes only the weighting
         distance: str = "mse",  # same as dcd's default
         label: str = "ce",  # the usual listwise label loss; "bce" is the control that matches dcd's
+        teacher_norm: str = "none",  # same as dcd's default
     ) -> None:
         super().__init__()
-        _check_options(alpha, temperature, distance, label)
+        _check_options(alpha, temperature, distance, label, teacher_norm)
         self.alpha, self.temperature, self.distance, self.label = alpha, temperature, distance, label
+        self.teacher_norm = teacher_norm
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, temperature={self.temperature}, distance={self.distance!r}, label={self.label!r}"
+        return (
+            f"alpha={self.alpha}, temperature={self.temperature}, distance={self.distance!r}, "
+            f"label={self.label!r}, teacher_norm={self.teacher_norm!r}"
+        )
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         check_logits(student_logits, teacher_logits)
-        teacher_logits = teacher_logits.detach()
+        teacher_logits = normalise_teacher(teacher_logits.detach(), self.teacher_norm)  # (B, K)
         kd = distillation_distance(student_logits, teacher_logits, self.temperature, self.distance).mean()
         gt = label_term(student_logits, self.label).mean()
         return {"loss": self.alpha * kd + (1.0 - self.alpha) * gt, "kd": kd, "gt": gt}
@@ -311,9 +326,10 @@ class WeightedDistillationLoss(nn.Module):
         mix: float = 0.5,  # "mixed": half the paper's weights, half uniform
         kappa: float = 1.0,  # "confidence": a nat of entropy costs a factor e of weight
         weight_temperature: float | None = None,  # None: the distillation temperature, as in the paper
+        teacher_norm: str = "none",  # as dcd
     ) -> None:
         super().__init__()
-        _check_options(alpha, temperature, distance, label)
+        _check_options(alpha, temperature, distance, label, teacher_norm)
         if label_weighting not in LABEL_WEIGHTINGS:
             raise ValueError(f"label_weighting must be one of {LABEL_WEIGHTINGS}, got {label_weighting!r}")
         if distill_weighting not in DISTILL_WEIGHTINGS:
@@ -328,18 +344,19 @@ class WeightedDistillationLoss(nn.Module):
         self.label_weighting, self.distill_weighting = label_weighting, distill_weighting
         self.gamma, self.mix, self.kappa = gamma, mix, kappa
         self.weight_temperature = temperature if weight_temperature is None else weight_temperature
+        self.teacher_norm = teacher_norm
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, temperature={self.temperature}, distance={self.distance!r}, "
             f"label={self.label!r}, label_weighting={self.label_weighting!r}, "
             f"distill_weighting={self.distill_weighting!r}, gamma={self.gamma}, mix={self.mix}, "
-            f"kappa={self.kappa}, weight_temperature={self.weight_temperature}"
+            f"kappa={self.kappa}, weight_temperature={self.weight_temperature}, teacher_norm={self.teacher_norm!r}"
         )
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         check_logits(student_logits, teacher_logits)
-        teacher_logits = teacher_logits.detach()
+        teacher_logits = normalise_teacher(teacher_logits.detach(), self.teacher_norm)  # (B, K)
         with torch.no_grad():
             entropy = teacher_entropy(teacher_logits, self.weight_temperature)  # (B,)
             label_weight = label_weights(entropy, self.label_weighting, self.gamma, self.mix)  # (B,)
