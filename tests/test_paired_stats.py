@@ -91,3 +91,35 @@ def test_ablation_table_with_one_seed_has_no_verdicts() -> None:
         [0],
     )
     assert "| dual / dcd-ce |" in table and "95% CI" not in table
+
+
+def test_ablation_pairs_by_seed_and_names_the_best_dynamic_and_static_rows_by_val() -> None:
+    from ablation import markdown
+
+    def runs(rsums: dict[int, float], val: float) -> dict:
+        rows = []
+        for seed, rsum in rsums.items():
+            row = {key: rsum / 6 for key in ("image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10")}
+            row |= {key: rsum / 6 for key in ("text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10")}
+            rows.append(row | {"rsum": rsum, "seed": seed, "val_rsum": val})
+        return {"chosen": ["loss.alpha=0.5"], "runs": rows}
+
+    results = {
+        "dual / static-ce": runs({0: 200.0, 1: 202.0, 2: 204.0}, val=280.0),
+        "dual / static-bce": runs(
+            {0: 190.0, 1: 190.0, 2: 190.0}, val=270.0
+        ),  # worse on val: not the baseline
+        "dual / dcd-ce": runs({0: 201.0, 1: 203.0}, val=279.0),  # 2 seeds: paired on seeds 0 and 1 only
+        "dual / weighted-best": runs({0: 210.0, 1: 213.0, 2: 214.0}, val=285.0),  # best dynamic on val
+    }
+    sweep = [{"student": "dual", "row": "static-ce", "point": "a0.5", "val_rsum": 280.04}]
+    table = markdown(results, [0, 1, 2], sweep, head="# title\n\n    python benchmarks/ablation.py\n")
+    assert table.startswith("# title") and "| dual | static-ce | a0.5 | 280.0 |" in table
+    assert "| dual / dcd-ce (n=2) |" in table
+    # dcd-ce − static-ce over seeds 0, 1: differences 1, 1 -> mean 1, std 0, interval 1…1
+    assert "dcd-ce − static-ce = +1.0 RSUM (95% CI 1.0…1.0, 2 paired seeds): dcd-ce better" in table
+    # weighted-best − static-ce: differences 10, 11, 10 -> mean 10.33, sd 0.577, half width 4.3027*0.577/1.732
+    assert (
+        "weighted-best − static-ce = +10.3 RSUM (95% CI 8.9…11.8, 3 paired seeds): weighted-best better "
+        "(best dynamic − best static, both chosen by mean val RSUM)" in table
+    )
