@@ -71,14 +71,13 @@ class Row:
 WEIGHTINGS = {  # beyond the paper, each with label CE; the DCD structure with tempered / mixed label weights
     "tempered-g0.5": [_options(label="ce", label_weighting="tempered", distill_weighting="paper", gamma=0.5)],
     "mixed-0.5": [_options(label="ce", label_weighting="mixed", distill_weighting="paper", mix=0.5)],
-    "confidence-k1": [
-        _options(label="ce", label_weighting="uniform", distill_weighting="confidence", kappa=1.0)
-    ],
+    # teacher entropies are ~0.03 nats on most lists, so κ = 1 would be ~uniform; κ = 4 mutes the unsure lists
     "confidence-k4": [
         _options(label="ce", label_weighting="uniform", distill_weighting="confidence", kappa=4.0)
     ],
 }
-DISTANCES = {"margin_mse": ["loss.distance=margin_mse"], "ranknet": ["loss.distance=ranknet"]}  # vs MSE
+# vs MSE (the stage's incumbent); KL (ListNet) already lost to MSE on val (benchmarks/dcd_val_sweep.py)
+DISTANCES = {"margin_mse": ["loss.distance=margin_mse"]}
 ROWS: dict[str, Row] = {
     "none": Row(["loss.name=none"]),
     "static-ce": Row(["loss.name=static", _options(label="ce")], [_alphas(0.2, 0.5, 0.8)]),
@@ -86,7 +85,7 @@ ROWS: dict[str, Row] = {
     "dcd-ce": Row(["loss.name=dcd", _options(label="ce")], alpha_from="static-ce"),
     "dcd-bce": Row(["loss.name=dcd", _options(label="bce")], alpha_from="static-ce"),
     # WSL adds alpha·KD to a full CE, so alpha = 1 is its equal mix; KL is WSL's own distance
-    "wsl": Row(["loss.name=wsl", "loss.distance=kl"], [_alphas(0.2, 0.5, 1.0)]),
+    "wsl": Row(["loss.name=wsl", "loss.distance=kl"], [_alphas(0.2, 1.0)]),
     "weighted-best": Row(["loss.name=weighted"], [WEIGHTINGS, DISTANCES], alpha_from="static-ce"),
     "weighted-both": Row(
         [
@@ -144,7 +143,7 @@ def val_rsum(run: Path) -> float:
     return json.loads((run / "best" / "metrics.json").read_text())["rsum"]
 
 
-def choose_on_val(args, student: str, row: str, common: list[str]) -> tuple[list[str], Path | None]:
+def choose_on_val(args, student: str, row: str, common: list[str]) -> tuple[list[str] | None, Path | None]:
     """The overrides ``row`` adds to its own (alpha taken over, then its sweep's winner) and the winner's seed-0
     run; memoised per (student, setting, row). Without ``--sweep``: no change, the config's settings."""
     key = (student, args.suffix, row)
@@ -152,12 +151,13 @@ def choose_on_val(args, student: str, row: str, common: list[str]) -> tuple[list
         return args.chosen[key]
     spec, chosen, winner = ROWS[row], [], None
     if args.sweep and spec.alpha_from:
-        chosen = [
-            o for o in choose_on_val(args, student, spec.alpha_from, common)[0] if o.startswith("loss.alpha=")
-        ]
+        taken = choose_on_val(args, student, spec.alpha_from, common)[0]
+        if taken is None:
+            return None, None
+        chosen = [o for o in taken if o.startswith("loss.alpha=")]
     if args.sweep and spec.stages:
-        base, tags = [*common, *spec.overrides, *chosen], []
-        best = None  # (val RSUM, tags, overrides, run)
+        base, tags = [*common, *spec.overrides], []
+        best = None  # (val RSUM, tags, overrides beyond base, run)
         for stage in spec.stages:
             candidates = [best] if best else []
             for tag, point in stage.items():
@@ -173,15 +173,16 @@ def choose_on_val(args, student: str, row: str, common: list[str]) -> tuple[list
                         "point": " ".join(candidates[-1][1]),
                         "overrides": candidates[-1][2],
                         "val_rsum": candidates[-1][0],
-                    }  # fmt: skip
+                    }
                 )
                 print(f"val sweep {student}{args.suffix} {row} {candidates[-1][1]}: {candidates[-1][0]:.1f}")
             if not candidates:
                 break
             best = max(candidates, key=lambda item: item[0])
-            tags = best[1]
-        if best is None:
-            raise SystemExit(f"--report-only: no finished val-sweep run for {row}")
+            tags, chosen = best[1], best[2]  # the next stage builds on this stage's winner
+        if best is None:  # --report-only before any point of the sweep finished: the row is left out
+            args.chosen[key] = (None, None)
+            return None, None
         chosen, winner = best[2], best[3]
     args.chosen[key] = (chosen, winner)
     return chosen, winner
@@ -189,6 +190,8 @@ def choose_on_val(args, student: str, row: str, common: list[str]) -> tuple[list
 
 def run_row(args, student: str, row: str, common: list[str]) -> dict:
     chosen, winner = choose_on_val(args, student, row, common)
+    if chosen is None:
+        return {"chosen": [], "runs": []}
     base = [*common, *ROWS[row].overrides, *chosen]
     results = []
     for seed in args.seeds:
@@ -319,7 +322,7 @@ def main() -> None:
                 if result["runs"]:
                     results[f"{label} / {row}"] = result
     args.results.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:])
+    command = "python benchmarks/ablation.py " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")
     meta = {"command": command, "note": args.note, "machine": platform.platform(), "seeds": args.seeds}
     meta |= {"main": MAIN_OVERRIDES, "extra": args.extra, "sweep": args.sweep_log}
     write_json_atomic(args.results / f"{args.name}.json", {**meta, "rows": results})

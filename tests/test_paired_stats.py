@@ -123,3 +123,32 @@ def test_ablation_pairs_by_seed_and_names_the_best_dynamic_and_static_rows_by_va
         "weighted-best − static-ce = +10.3 RSUM (95% CI 8.9…11.8, 3 paired seeds): weighted-best better "
         "(best dynamic − best static, both chosen by mean val RSUM)" in table
     )
+
+
+def test_ablation_val_sweep_shares_static_alpha_and_builds_stages_on_the_winner(monkeypatch) -> None:
+    import argparse
+
+    import ablation
+
+    trained: dict[str, list[str]] = {}
+    scores = {"a0.2": 280.0, "a0.5": 290.0, "a0.8": 285.0, "tempered-g0.5": 291.0, "mixed-0.5": 295.0}
+    scores |= {"confidence-k4": 289.0, "mixed-0.5_margin_mse": 294.0}
+
+    def fake_train(args, student, name, overrides):
+        trained[name] = overrides
+        return Path(name)
+
+    monkeypatch.setattr(ablation, "train", fake_train)
+    monkeypatch.setattr(ablation, "val_rsum", lambda run: scores[str(run).split("_", 3)[3]])
+    args = argparse.Namespace(sweep=True, suffix="", chosen={}, sweep_log=[], report_only=False)
+    chosen, winner = ablation.choose_on_val(args, "dual", "weighted-best", ["c=1"])
+    # static-ce's alpha 0.5 is taken over; mixed-0.5 wins stage 1 and stays the incumbent against margin-MSE
+    assert chosen == ["loss.alpha=0.5", ablation.WEIGHTINGS["mixed-0.5"][0]] and winner.name.endswith(
+        "mixed-0.5"
+    )
+    assert trained["sweep_dual_weighted-best_mixed-0.5_margin_mse"] == [
+        "c=1", "loss.name=weighted", "loss.alpha=0.5", ablation.WEIGHTINGS["mixed-0.5"][0],
+        "loss.distance=margin_mse", "train.seed=0",
+    ]  # fmt: skip
+    assert ablation.choose_on_val(args, "dual", "dcd-ce", ["c=1"]) == (["loss.alpha=0.5"], None)
+    assert [s["point"] for s in args.sweep_log][-1] == "mixed-0.5 margin_mse"
