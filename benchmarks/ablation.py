@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from dcd_itr.evaluate import evaluate_model
+from dcd_itr.evaluate.twins import TWIN_KEYS
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 from dcd_itr.metrics import METRIC_COLUMNS
 from emoji_distill import distill_emoji
@@ -135,7 +136,16 @@ def train(args, student: str, name: str, overrides: list[str]) -> Path | None:
     if not (out / "timing.json").is_file():
         if args.report_only:
             return None
-        distill_emoji(student, args.data, args.features, args.teacher, args.teacher_cache, out, *overrides)
+        distill_emoji(
+            student,
+            args.data,
+            args.features,
+            args.teacher,
+            args.teacher_cache,
+            out,
+            *overrides,
+            config_path=args.config,
+        )
     return out
 
 
@@ -260,6 +270,10 @@ def verdicts(results: dict[str, dict]) -> list[str]:
 def markdown(
     results: dict[str, dict], seeds: list[int], sweep: list[dict] | None = None, head: str = ""
 ) -> str:
+    runs_all = [r for row in results.values() for r in row["runs"]]
+    columns = COLUMNS + [
+        k for k in TWIN_KEYS if runs_all and all(k in r for r in runs_all)
+    ]  # scenes: twin rates
     lines = [head] if head else []
     if sweep:
         lines += [
@@ -269,11 +283,12 @@ def markdown(
         lines += ["| student | row | point | val RSUM |", "|---|---|---|---:|"]
         lines += [f"| {s['student']} | {s['row']} | {s['point']} | {s['val_rsum']:.1f} |" for s in sweep]
         lines += [""]
-    header = "| row | " + " | ".join(METRIC_COLUMNS.values()) + " | label ESS | distill ESS | val-chosen |"
-    lines += [header, "|---|" + "---:|" * (len(COLUMNS) + 2) + "---|"]
+    titles = [METRIC_COLUMNS.get(c, c.replace("_", " ")) for c in columns]
+    header = "| row | " + " | ".join(titles) + " | label ESS | distill ESS | val-chosen |"
+    lines += [header, "|---|" + "---:|" * (len(columns) + 2) + "---|"]
     for name, row in results.items():
         runs = row["runs"]
-        cells = [mean_and_std([r[c] for r in runs]) for c in COLUMNS]
+        cells = [mean_and_std([r[c] for r in runs]) for c in columns]
         chosen = ", ".join(row["chosen"]) or "config"
         count = f" (n={len(runs)})" if len(runs) != len(seeds) else ""
         lines.append(
@@ -296,6 +311,9 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("cache/features"))
     parser.add_argument("--teacher-cache", type=Path, default=Path("results/demo/teacher_scores"))
     parser.add_argument("--runs", type=Path, default=Path("results/ablation"))
+    parser.add_argument(
+        "--config", type=Path, default=None, help="base config (default configs/emoji_dcd_*.yaml)"
+    )
     parser.add_argument("--students", nargs="+", default=["dual", "cross"], choices=["dual", "cross"])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
