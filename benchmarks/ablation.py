@@ -144,6 +144,7 @@ def train(args, student: str, name: str, overrides: list[str]) -> Path | None:
             args.teacher_cache,
             out,
             *overrides,
+            *args.extra,  # last: an extra setting wins over the row's (e.g. loss.options.x after loss.options)
             config_path=args.config,
         )
     return out
@@ -319,7 +320,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--sweep", action="store_true", help="choose each row's settings on val (seed 0)")
     parser.add_argument("--infonce-rows", action="store_true", help="also the rows with InfoNCE (dual only)")
-    parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run, e.g. train.epochs=3")
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run, applied last")
     parser.add_argument("--name", default="ablation", help="results file name (benchmarks/results/NAME.md)")
     parser.add_argument("--note", default="", help="a line for the table's header (e.g. the budget cuts)")
     parser.add_argument("--report-only", action="store_true", help="tabulate finished runs, train nothing")
@@ -336,7 +337,7 @@ def main() -> None:
         for student in args.students if not suffix else ["dual"]:
             label = student if not suffix else f"{student} + InfoNCE 0.5"
             for row in args.rows:
-                result = run_row(args, student, row, [*common, *args.extra])
+                result = run_row(args, student, row, common)
                 if result["runs"]:
                     results[f"{label} / {row}"] = result
     args.results.mkdir(parents=True, exist_ok=True)
