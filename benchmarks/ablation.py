@@ -232,10 +232,10 @@ def ess_cell(runs: list[dict], key: str) -> str:
     return f"{statistics.mean(values):.1f}" if values else "uniform"
 
 
-def paired(a: dict, b: dict) -> tuple[list[float], list[float]]:
-    """RSUMs of the seeds both rows ran (paired by seed; by position when runs carry no seed)."""
-    by_a = {r.get("seed", i): r["rsum"] for i, r in enumerate(a["runs"])}
-    by_b = {r.get("seed", i): r["rsum"] for i, r in enumerate(b["runs"])}
+def paired(a: dict, b: dict, key: str = "rsum") -> tuple[list[float], list[float]]:
+    """``key`` of the seeds both rows ran (paired by seed; by position when runs carry no seed)."""
+    by_a = {r.get("seed", i): r[key] for i, r in enumerate(a["runs"])}
+    by_b = {r.get("seed", i): r[key] for i, r in enumerate(b["runs"])}
     common = sorted(set(by_a) & set(by_b))
     return [by_a[s] for s in common], [by_b[s] for s in common]
 
@@ -260,11 +260,16 @@ def verdicts(results: dict[str, dict]) -> list[str]:
             pairs.append(
                 (best_dynamic, best_static, "best dynamic − best static, both chosen by mean val RSUM")
             )
+        runs = [r for row in rows.values() for r in row["runs"]]
+        units = {"rsum": "RSUM"} | (
+            {"twin_group": "twin group %"} if all("twin_group" in r for r in runs) else {}
+        )
         for name_a, name_b, *note in pairs:
-            a, b = paired(rows[name_a], rows[name_b])
-            if len(a) >= 2:  # a paired interval needs 2+ seeds
-                sentence = verdict_sentence(name_a, name_b, paired_difference(a, b))
-                lines.append(f"- {prefix}: {sentence}" + (f" ({note[0]})" if note else ""))
+            for key, unit in units.items():
+                a, b = paired(rows[name_a], rows[name_b], key)
+                if len(a) >= 2:  # a paired interval needs 2+ seeds
+                    sentence = verdict_sentence(name_a, name_b, paired_difference(a, b), unit)
+                    lines.append(f"- {prefix}: {sentence}" + (f" ({note[0]})" if note else ""))
     return lines
 
 
