@@ -240,8 +240,11 @@ def paired(a: dict, b: dict, key: str = "rsum") -> tuple[list[float], list[float
     return [by_a[s] for s in common], [by_b[s] for s in common]
 
 
-def mean_val(row: dict) -> float:
-    return statistics.mean(r.get("val_rsum", float("-inf")) for r in row["runs"])
+def mean_val(row: dict, seeds: set) -> float:
+    """Mean validation RSUM over ``seeds`` (the seeds every compared row ran, so rows are ranked on equal terms)."""
+    return statistics.mean(
+        r.get("val_rsum", float("-inf")) for i, r in enumerate(row["runs"]) if r.get("seed", i) in seeds
+    )
 
 
 def verdicts(results: dict[str, dict]) -> list[str]:
@@ -252,10 +255,14 @@ def verdicts(results: dict[str, dict]) -> list[str]:
         pairs = [p for p in COMPARISONS if p[0] in rows and p[1] in rows]
         dynamic = [n for n in DYNAMIC if n in rows]
         static = [n for n in STATIC if n in rows]
-        if dynamic and static:
+        ranked = dynamic + static
+        shared = set.intersection(
+            *({r.get("seed", i) for i, r in enumerate(rows[n]["runs"])} for n in ranked or rows)
+        )
+        if dynamic and static and shared:
             best_dynamic, best_static = (
-                max(dynamic, key=lambda n: mean_val(rows[n])),
-                max(static, key=lambda n: mean_val(rows[n])),
+                max(dynamic, key=lambda n: mean_val(rows[n], shared)),
+                max(static, key=lambda n: mean_val(rows[n], shared)),
             )
             pairs.append(
                 (best_dynamic, best_static, "best dynamic − best static, both chosen by mean val RSUM")
