@@ -353,7 +353,12 @@ def main() -> None:
                 if result["runs"]:
                     results[f"{label} / {row}"] = result
     args.results.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/ablation.py " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")
+    shown, skip = [], False  # the command without --report-only and without the --note text (in the header)
+    for a in sys.argv[1:]:
+        if not skip and a not in ("--report-only", "--note"):
+            shown.append(a)
+        skip = a == "--note"
+    command = "python benchmarks/ablation.py " + shlex.join(shown)
     meta = {"command": command, "note": args.note, "machine": platform.platform(), "seeds": args.seeds}
     meta |= {"main": MAIN_OVERRIDES, "extra": args.extra, "sweep": args.sweep_log}
     write_json_atomic(args.results / f"{args.name}.json", {**meta, "rows": results})
