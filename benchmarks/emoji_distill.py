@@ -10,11 +10,19 @@ from dcd_itr.tasks.distill import DistillConfig, distill
 
 
 def distill_emoji(
-    student: str, data: Path, features: Path, teacher: Path, teacher_cache: Path, out: Path, *overrides: str
+    student: str,
+    data: Path,
+    features: Path,
+    teacher: Path,
+    teacher_cache: Path,
+    out: Path,
+    *overrides: str,
+    config_path: Path | None = None,
 ) -> Path:
-    """Train ``student`` ("dual" or "cross") into ``out`` (a finished run resumes to its end); returns ``out``."""
+    """Train ``student`` ("dual" or "cross") into ``out`` (a finished run resumes to its end); returns ``out``.
+    ``config_path``: another committed config to start from (e.g. configs/scenes_dcd_dual.yaml)."""
     config = load_config(
-        Path("configs") / f"emoji_dcd_{student}.yaml",
+        config_path or Path("configs") / f"emoji_dcd_{student}.yaml",
         DistillConfig,
         [
             f"data={data}",

@@ -91,3 +91,64 @@ def test_ablation_table_with_one_seed_has_no_verdicts() -> None:
         [0],
     )
     assert "| dual / dcd-ce |" in table and "95% CI" not in table
+
+
+def test_ablation_pairs_by_seed_and_names_the_best_dynamic_and_static_rows_by_val() -> None:
+    from ablation import markdown
+
+    def runs(rsums: dict[int, float], val: float) -> dict:
+        rows = []
+        for seed, rsum in rsums.items():
+            row = {key: rsum / 6 for key in ("image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10")}
+            row |= {key: rsum / 6 for key in ("text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10")}
+            rows.append(row | {"rsum": rsum, "seed": seed, "val_rsum": val})
+        return {"chosen": ["loss.alpha=0.5"], "runs": rows}
+
+    results = {
+        "dual / static-ce": runs({0: 200.0, 1: 202.0, 2: 204.0}, val=280.0),
+        "dual / static-bce": runs(
+            {0: 190.0, 1: 190.0, 2: 190.0}, val=270.0
+        ),  # worse on val: not the baseline
+        "dual / dcd-ce": runs({0: 201.0, 1: 203.0}, val=279.0),  # 2 seeds: paired on seeds 0 and 1 only
+        "dual / weighted-best": runs({0: 210.0, 1: 213.0, 2: 214.0}, val=285.0),  # best dynamic on val
+    }
+    sweep = [{"student": "dual", "row": "static-ce", "point": "a0.5", "val_rsum": 280.04}]
+    table = markdown(results, [0, 1, 2], sweep, head="# title\n\n    python benchmarks/ablation.py\n")
+    assert table.startswith("# title") and "| dual | static-ce | a0.5 | 280.0 |" in table
+    assert "| dual / dcd-ce (n=2) |" in table
+    # dcd-ce − static-ce over seeds 0, 1: differences 1, 1 -> mean 1, std 0, interval 1…1
+    assert "dcd-ce − static-ce = +1.0 RSUM (95% CI 1.0…1.0, 2 paired seeds): dcd-ce better" in table
+    # weighted-best − static-ce: differences 10, 11, 10 -> mean 10.33, sd 0.577, half width 4.3027*0.577/1.732
+    assert (
+        "weighted-best − static-ce = +10.3 RSUM (95% CI 8.9…11.8, 3 paired seeds): weighted-best better "
+        "(best dynamic − best static, both chosen by mean val RSUM)" in table
+    )
+
+
+def test_ablation_val_sweep_shares_static_alpha_and_builds_stages_on_the_winner(monkeypatch) -> None:
+    import argparse
+
+    import ablation
+
+    trained: dict[str, list[str]] = {}
+    scores = {"a0.2": 280.0, "a0.5": 290.0, "a0.8": 285.0, "tempered-g0.5": 291.0, "mixed-0.5": 295.0}
+    scores |= {"confidence-k4": 289.0, "mixed-0.5_margin_mse": 294.0}
+
+    def fake_train(args, student, name, overrides):
+        trained[name] = overrides
+        return Path(name)
+
+    monkeypatch.setattr(ablation, "train", fake_train)
+    monkeypatch.setattr(ablation, "val_rsum", lambda run: scores[str(run).split("_", 3)[3]])
+    args = argparse.Namespace(sweep=True, suffix="", chosen={}, sweep_log=[], report_only=False)
+    chosen, winner = ablation.choose_on_val(args, "dual", "weighted-best", ["c=1"])
+    # static-ce's alpha 0.5 is taken over; mixed-0.5 wins stage 1 and stays the incumbent against margin-MSE
+    assert chosen == ["loss.alpha=0.5", ablation.WEIGHTINGS["mixed-0.5"][0]] and winner.name.endswith(
+        "mixed-0.5"
+    )
+    assert trained["sweep_dual_weighted-best_mixed-0.5_margin_mse"] == [
+        "c=1", "loss.name=weighted", "loss.alpha=0.5", ablation.WEIGHTINGS["mixed-0.5"][0],
+        "loss.distance=margin_mse", "train.seed=0",
+    ]  # fmt: skip
+    assert ablation.choose_on_val(args, "dual", "dcd-ce", ["c=1"]) == (["loss.alpha=0.5"], None)
+    assert [s["point"] for s in args.sweep_log][-1] == "mixed-0.5 margin_mse"
