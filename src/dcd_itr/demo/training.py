@@ -30,8 +30,9 @@ from dcd_itr.yaml_io import load_yaml_file
 def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
     """The no-teacher baseline, the teacher, then both DCD students distilled from it. Stages that do not depend
     on each other train side by side in worker processes (:mod:`dcd_itr.demo.workers`): with the packaged
-    teacher, the baseline beside the DCD dual student, the cross student after the dual (they share the
-    teacher-score cache the dual writes); a teacher that must be trained trains beside the baseline."""
+    teacher, the DCD dual student (which first writes the teacher-score cache both students read) beside the
+    baseline, then the cross student on the first free worker; a teacher that must be trained trains beside the
+    baseline, then the students."""
     plan, results = run.plan, run.results_dir
     common = [f"data={run.data_arg}", f"features={run.cache_dir}"]
 
@@ -65,8 +66,11 @@ def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
             [f"teacher={teacher['best']}", f"teacher_cache={results / 'teacher_scores'}"],
             upstream | {"teacher": teacher["weights"]},
         )
-    students["cross"].after = students["dual"].name  # the teacher-score cache: computed once, by the dual
-    run_stages(run.ledger, [*first, students["dual"], students["cross"]], run.workers)
+    # longest first: the dual (cache ~4 CPU-min + training) on one worker, the baseline on the other, the cross
+    # student once the baseline is done -- by then the dual has written the cache (if not, the cross student
+    # scores the pools it does not find itself: the same deterministic scores, written atomically, only slower)
+    order = [students["dual"], *first, students["cross"]]
+    run_stages(run.ledger, order, run.workers)
     return TrainedModels(baseline.result, teacher, students["dual"].result, students["cross"].result)
 
 
