@@ -40,7 +40,12 @@ def _stages(folder: Path) -> list[Stage]:
         args = (str(folder), name, needs, seconds)
         return Stage(name, {"n": name}, write_after_spin, args, outputs=[folder / name], after=needs)
 
-    return [stage("slow", None, 0.6), stage("first", None, 0.2), stage("second", "first", 0.2)]
+    return [
+        stage("slow", None, 0.6),
+        stage("first", None, 0.2),
+        stage("second", "first", 0.2),
+        stage("last", None, 0.1),
+    ]
 
 
 def _calls(folder: Path) -> list[str]:
@@ -53,10 +58,14 @@ def test_two_workers_record_every_stage_with_its_cpu_then_reuse_them(tmp_path):
     lines: list[str] = []
     ledger = StageLedger(tmp_path / "stages.json", log=lines.append)
     results = run_stages(ledger, _stages(tmp_path), workers=2)
-    assert set(results) == {"slow", "first", "second"}
+    assert set(results) == {"slow", "first", "second", "last"}
     assert results["second"]["saw_dependency"]  # started only once "first" had finished
     assert results["slow"]["pid"] != os.getpid() and results["first"]["pid"] != os.getpid()
-    assert sorted(_calls(tmp_path)) == ["first", "second", "slow"]
+    assert sorted(_calls(tmp_path)) == ["first", "last", "second", "slow"]
+    running = 0  # a stage is started (logged "...") only when one of the 2 workers is free
+    for line in lines:
+        running += line.endswith("] ...") - (" done in " in line)
+        assert 0 <= running <= 2, lines
     records = StageLedger(tmp_path / "stages.json").records
     assert records["slow"]["cpu_seconds"] == pytest.approx(0.6, abs=0.3)  # measured in its worker
     assert all(records[name]["cpu_seconds"] >= 0.2 for name in ("first", "second"))
@@ -64,8 +73,9 @@ def test_two_workers_record_every_stage_with_its_cpu_then_reuse_them(tmp_path):
 
     lines.clear()
     again = run_stages(StageLedger(tmp_path / "stages.json", log=lines.append), _stages(tmp_path), workers=2)
-    assert again == results and len(_calls(tmp_path)) == 3  # nothing ran again
-    assert sorted(line.split("]")[0][1:] for line in lines if "reused" in line) == ["first", "second", "slow"]
+    assert again == results and len(_calls(tmp_path)) == 4  # nothing ran again
+    reused = sorted(line.split("]")[0][1:] for line in lines if "reused" in line)
+    assert reused == ["first", "last", "second", "slow"]
 
 
 @pytest.mark.slow
@@ -88,7 +98,7 @@ def test_map_jobs_keeps_the_order_of_its_arguments_in_two_workers():
 def test_one_worker_runs_in_this_process_in_order(tmp_path):
     results = run_stages(StageLedger(tmp_path / "stages.json", log=lambda line: None), _stages(tmp_path), 1)
     assert {result["pid"] for result in results.values()} == {os.getpid()}
-    assert _calls(tmp_path) == ["slow", "first", "second"]
+    assert _calls(tmp_path) == ["slow", "first", "second", "last"]
     assert map_jobs(square, [(2,), (3,)], workers=1) == [4, 9]
 
 

@@ -8,8 +8,8 @@ stages that do not depend on each other (the no-teacher baseline and the DCD stu
 A :class:`Stage` is a ledger stage (:mod:`dcd_itr.demo.ledger`) whose computation is a picklable ``job``: a
 module-level function and its arguments. :func:`run_stages` looks every stage up first (reused ones cost
 nothing), then runs the rest in a pool of ``workers`` spawned processes, a stage starting once the stage named in
-its ``after`` has finished (or was reused), and records each as it finishes (wall seconds from submission to
-result, CPU seconds measured inside its worker). With ``workers == 1`` the jobs run in this process, in order,
+its ``after`` has finished (or was reused) and a worker is free, and records each as it finishes (wall seconds from
+submission to result, CPU seconds measured inside its worker). With ``workers == 1`` the jobs run in this process, in order,
 with torch's thread setting untouched (the tests' path, and a 1-core machine's).
 """
 
@@ -107,7 +107,7 @@ def _run_in_pool(ledger: StageLedger, todo: list[Stage], workers: int) -> None:
         running: dict[Future, tuple[Stage, float]] = {}
         try:
             while pending or running:
-                for stage in [s for s in pending if ready(s)]:
+                for stage in [s for s in pending if ready(s)][: max(0, workers - len(running))]:
                     ledger.start(stage.name, stage.inputs, stage.clear)
                     future = pool.submit(run_job, stage.function, stage.args)
                     running[future] = (stage, time.perf_counter())
