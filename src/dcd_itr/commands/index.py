@@ -80,6 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--shard", help="RANK/WORLD: embed only this process's shards (default: torchrun env)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_option(build)
+    build.add_argument(
+        "--cross",
+        type=Path,
+        help="grounded cross-encoder folder: also store its gallery-side encodings, so that "
+        "`dcd search/serve --cross` (the same model) re-ranks paying only the query side and the pairs",
+    )
     build.set_defaults(
         handler=lambda a: index_build(
             a.model,
@@ -95,6 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             a.shard,
             not a.quiet,
             a.runtime,
+            a.cross,
         )
     )
     merge = commands.add_parser(

@@ -287,11 +287,17 @@ def index_build(
     shard: str | None = None,  # None -> torchrun's RANK/WORLD_SIZE, else one process
     progress: bool = True,  # tqdm bar
     runtime: str = DEFAULT_RUNTIME,  # "onnx": ``model`` is an export folder (dcd export --onnx)
+    cross: Path
+    | None = None,  # a grounded cross-encoder: also store its gallery-side encodings (cross_store)
 ) -> BuildResult:
-    """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``."""
+    """Embed (resuming from shards on disk) and, for a single-process run, merge into ``out``; with ``cross``,
+    also write the cross-encoder's gallery-side encodings beside the vectors (re-ranking then pays only the
+    query's text side and the per-pair part)."""
     if backend not in INDEX_BACKENDS:
         raise ConfigError(f"unknown --backend {backend!r}; valid: {', '.join(INDEX_BACKENDS)}")
     check_runtime(runtime)
+    if cross is not None and side != "images":
+        raise ConfigError("--cross stores image-side encodings: build the index with --side images")
     rank, world = parse_shard(shard)
     gallery = Gallery.from_split(load_split(data, split), side, model, data)
     result = build_index(
@@ -311,6 +317,12 @@ def index_build(
         print(
             f"{out}: {result.num_items} {side} indexed with {backend} ({result.embedded_items} embedded now)"
         )
+        if cross is not None:
+            from dcd_itr.search.cross_store import build_cross_store  # imports the cross model's towers
+
+            print(
+                f"{build_cross_store(out, gallery, cross, resolve_device(device), progress=progress)}: written"
+            )
     else:
         print(
             f"{out}: shard {rank}/{world} done; when every rank has finished run `dcd index merge --out {out}`"

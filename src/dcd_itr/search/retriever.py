@@ -5,7 +5,10 @@ candidates of the dual stage are re-scored by a cross-encoder (``score_pairs`` o
 re-ordered by that score; candidates below K keep their dual order after them. The cross-encoder's features of
 gallery images are cached (a bounded LRU), so repeated queries pay only for the pair scoring.
 
-The index records the fingerprint of the model that embedded it; a retriever refuses a different model.
+The index records the fingerprint of the model that embedded it; a retriever refuses a different model. An index
+built with ``--cross`` also stores the (grounded) cross-encoder's gallery-side encodings
+(:mod:`dcd_itr.search.cross_store`): re-ranking then encodes only the query's text side and runs the vectorised
+per-pair part, and a different ``--cross`` is refused naming both.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dcd_itr.errors import CacheMismatchError, ConfigError, DcdError
 from dcd_itr.export.runtime import check_runtime, load_dual_encoder
 from dcd_itr.interfaces import FeatureBatch, concat_features, slice_features
 from dcd_itr.models.end_to_end import EndToEnd
+from dcd_itr.models.registry import weights_fingerprint
+from dcd_itr.search.cross_store import CROSS_FILE, grounded_scorer, load_cross_store
 from dcd_itr.search.gallery import Gallery, dual_fingerprint
 from dcd_itr.search.index import load_index
 
@@ -101,6 +106,18 @@ class Retriever:
         self.cross = EndToEnd.load(cross_dir, device) if cross_dir else None
         if self.cross is not None and not hasattr(self.cross.model, "score_pairs"):
             raise ConfigError(f"{cross_dir} is not a cross-encoder; re-ranking needs one (score_pairs)")
+        self.cross_dir, self.cross_store, self.cross_scorer = cross_dir, None, None
+        self._load_cross_store()
+
+    def _load_cross_store(self) -> None:
+        """The index's stored gallery-side encodings of ``--cross``, checked against it (see cross_store)."""
+        store = load_cross_store(self.folder) if self.cross is not None else None
+        if store is not None:
+            store.check(
+                self.cross_dir, weights_fingerprint(self.cross_dir), self.gallery, self.folder / CROSS_FILE
+            )
+            self.cross_scorer = grounded_scorer(self.cross, self.cross_dir)
+        self.cross_store = store
 
     def warm_up(self) -> float:
         """Run one query through every model (dual and, when loaded, the cross-encoder's re-rank path) so that the
@@ -126,6 +143,7 @@ class Retriever:
         self._load_index()
         if self.gallery.model_fingerprint != old:
             raise CacheMismatchError(f"{self.folder} was rebuilt by another model; restart the service")
+        self._load_cross_store()
 
     def delete(self, ids: list[int]) -> int:
         """Remove items from the index and save it; returns how many were present."""
@@ -147,8 +165,15 @@ class Retriever:
         started = time.perf_counter()
         with self.model_lock:
             embedding = self.dual.encode_texts([query])["embedding"]  # (1, D)
-            cross_query = self.cross.encode_texts([query]) if rerank and self.cross else None
+            cross_query = self._cross_text_query(query) if rerank and self.cross else None
         return self._search(embedding, k, rerank, cross_query, started)
+
+    @torch.inference_mode()
+    def _cross_text_query(self, query: str) -> FeatureBatch:
+        """The query's cross-encoder text side: the split scorer's encodings when the gallery side is stored."""
+        if self.cross_scorer is not None:
+            return self.cross_scorer.encode_texts(self.cross.tower_text_features([query]))
+        return self.cross.encode_texts([query])
 
     def search_image(
         self, image: Image.Image | str | Path, k: int = DEFAULT_K, rerank: int = 0
@@ -221,6 +246,12 @@ class Retriever:
     @torch.inference_mode()
     def _cross_scores(self, hits: list[SearchHit], query: FeatureBatch) -> torch.Tensor:
         """Cross-encoder logits (K,) of the query against each hit's image or caption."""
+        if (
+            self.cross_store is not None and self.gallery.side == "images"
+        ):  # stored gallery side: per-pair only
+            rows = torch.tensor([hit.image for hit in hits], dtype=torch.long)
+            scores = self.cross_scorer.score(self.cross_store.features, query, rows, torch.zeros_like(rows))
+            return scores.float().cpu()
         if self.gallery.side == "images":
             images, texts = self._cross_image_features([hit.image for hit in hits]), _repeat(query, len(hits))
         else:
