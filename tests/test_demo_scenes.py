@@ -220,6 +220,8 @@ def test_packaged_teacher_checksums_and_data_fingerprint(tmp_path):
 def test_demo_command_picks_the_benchmark_and_its_folders():
     args = build_parser().parse_args(["demo"])
     assert args.benchmark == "scenes" and args.data_dir is None and not args.retrain_teacher
+    assert args.workers is None and build_parser().parse_args(["demo", "--workers", "1"]).workers == 1
+    assert plan_for("scenes", workers=1).workers == 1 and plan_for("scenes").workers is None
     assert DEFAULT_RESULTS == {"scenes": "results/demo_scenes", "emoji": "results/demo"}
     assert DEFAULT_CACHE["emoji"] == "cache/features"  # a finished emoji run is found where it always was
     scenes = plan_for("scenes", retrain_teacher=True)

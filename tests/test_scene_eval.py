@@ -85,3 +85,21 @@ def test_eval_json_has_twin_scores_for_every_system(
 
 def test_datasets_without_twins_get_no_twin_keys(tmp_path: Path) -> None:
     assert split_twin_index(write_karpathy_fixture(tmp_path), "test") is None
+
+
+def test_split_twin_index_reads_a_rewritten_dataset_again(tmp_path: Path) -> None:
+    """The twin index is memoised per file version (validation asks every epoch); a changed file is read again."""
+    path = tmp_path / "dataset_scenes.json"
+    images = [
+        {"imgid": i, "split": "val", "filename": f"{i}.png", "twin": twin, "sentences": [{"raw": f"c{i}"}]}
+        for i, twin in ((0, 1), (1, 0), (2, 3), (3, 2))
+    ]
+    path.write_text(json.dumps({"images": images}), encoding="utf-8")
+    first = split_twin_index(path, "val")
+    assert first.tolist() == [1, 0, 3, 2]
+    first[0] = 99  # the caller's copy: the memo is not changed through it
+    assert split_twin_index(path, "val").tolist() == [1, 0, 3, 2]
+    for image in images:
+        image["twin"] = None
+    path.write_text(json.dumps({"images": images, "info": {"version": 2}}), encoding="utf-8")
+    assert split_twin_index(path, "val") is None

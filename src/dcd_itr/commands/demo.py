@@ -51,6 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (one torch thread each) for the feature views and the training stages that do "
+        "not depend on each other (default: one per core, at most 2; 1: everything in this process)",
+    )
+    parser.add_argument(
         "--retrain-teacher",
         action="store_true",
         help="train the teacher with its committed config instead of using the packaged one (scenes)",
@@ -73,7 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> Path:
     benchmark = args.benchmark
-    plan = plan_for(benchmark, retrain_teacher=args.retrain_teacher)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    plan = plan_for(benchmark, retrain_teacher=args.retrain_teacher, workers=args.workers)
     if args.package_teacher is not None:
         if plan.packaged_teacher is None:
             raise ConfigError(f"--benchmark {benchmark} has no packaged teacher")

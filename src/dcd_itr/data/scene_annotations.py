@@ -122,7 +122,16 @@ def split_twin_index(dataset_path: str | Path, split: str) -> np.ndarray | None:
     path = resolve_dataset_file(dataset_path)
     if path.suffix.lower() != ".json":
         return None
-    records = _split_records(path, split)
-    if not any(isinstance(r, dict) and r.get("twin") is not None for r in records):
-        return None
-    return np.asarray(_twin_rows(path, records), dtype=np.int64)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, split)
+    if key not in _TWIN_INDEX_MEMO:  # validation asks every epoch: read the (multi-MB) JSON once per version
+        records = _split_records(path, split)
+        has_twins = any(isinstance(r, dict) and r.get("twin") is not None for r in records)
+        if len(_TWIN_INDEX_MEMO) >= 8:  # a few (file, split) versions at a time: the memo never grows
+            _TWIN_INDEX_MEMO.clear()
+        _TWIN_INDEX_MEMO[key] = np.asarray(_twin_rows(path, records), dtype=np.int64) if has_twins else None
+    index = _TWIN_INDEX_MEMO[key]
+    return None if index is None else index.copy()
+
+
+_TWIN_INDEX_MEMO: dict[tuple, np.ndarray | None] = {}  # split_twin_index by (file, mtime, size, split)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,12 @@ def digest(value: Any) -> str:
 def file_digest(path: str | Path) -> str | None:
     """sha256 of a file's bytes, or None when it does not exist."""
     return file_sha256(path) if Path(path).is_file() else None
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of the child processes it has waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _json_value(value: Any) -> Any:
@@ -109,9 +116,26 @@ class StageLedger:
         them). ``clear``: removed before recomputing after an input change. ``check``: an extra test of the
         recorded result (e.g. that an index was built by the current model); False means recompute.
         """
+        found, result = self.lookup(name, inputs, outputs, check)
+        if found:
+            return result
+        self.start(name, inputs, clear)
+        started, cpu = time.perf_counter(), process_cpu_seconds()
+        result = action()
+        return self.finish(
+            name, inputs, result, outputs, time.perf_counter() - started, process_cpu_seconds() - cpu
+        )
+
+    def lookup(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        outputs: Outputs = (),
+        check: Callable[[Any], bool] | None = None,
+    ) -> tuple[bool, Any]:
+        """``(True, recorded result)`` when stage ``name`` can be reused (logged as reused), else ``(False, None)``."""
         started = time.perf_counter()
-        wanted = {key: digest(value) for key, value in inputs.items()}
-        key = digest(wanted)
+        key = digest(self._wanted(inputs))
         record = self.records.get(name)
         if record is not None and record.get("key") == key:
             result = record.get("result")
@@ -122,7 +146,14 @@ class StageLedger:
                     f"on {record['finished']}); done in {seconds:.1f} s"
                 )
                 self.outcomes.append(StageOutcome(name, True, seconds, record["seconds"], record["finished"]))
-                return result
+                return True, result
+        return False, None
+
+    def start(self, name: str, inputs: dict[str, Any], clear: Sequence[Path] = ()) -> None:
+        """Before stage ``name`` computes: say why, remove ``clear`` after an input change, drop its record."""
+        wanted = self._wanted(inputs)
+        record = self.records.get(name)
+        if record is not None and record.get("key") == digest(wanted):
             self.log(f"[{name}] outputs missing or modified since it ran: recomputing")
         elif record is not None:
             before = record.get("inputs", {})
@@ -134,26 +165,43 @@ class StageLedger:
             del self.records[name]  # until it finishes again: an interrupted run vouches for nothing
             self._write()
         self.log(f"[{name}] ...")
-        started = time.perf_counter()
-        result = _json_value(action())
-        seconds = time.perf_counter() - started
+
+    def finish(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        result: Any,
+        outputs: Outputs,
+        seconds: float,
+        cpu_seconds: float | None = None,
+    ) -> Any:
+        """Record stage ``name`` as computed in ``seconds`` (wall) and ``cpu_seconds`` (user + system, this
+        process and the workers it waited for); returns ``result`` as JSON reads it back."""
+        result = _json_value(result)
         files = [Path(path) for path in (outputs(result) if callable(outputs) else outputs)]
         missing = [str(path) for path in files if not path.is_file()]
         if missing:
             raise RuntimeError(f"stage {name!r} finished without writing {', '.join(missing)}")
         finished = time.strftime("%Y-%m-%d %H:%M:%S")
+        wanted = self._wanted(inputs)
         self.records[name] = {
-            "key": key,
+            "key": digest(wanted),
             "inputs": wanted,
             "outputs": {str(path): file_sha256(path) for path in files},
             "result": result,
             "seconds": seconds,
+            **({"cpu_seconds": cpu_seconds} if cpu_seconds is not None else {}),
             "finished": finished,
         }
         self._write()
-        self.log(f"[{name}] done in {seconds:.1f} s")
+        cpu = f" ({cpu_seconds:.1f} CPU s)" if cpu_seconds is not None else ""
+        self.log(f"[{name}] done in {seconds:.1f} s{cpu}")
         self.outcomes.append(StageOutcome(name, False, seconds, seconds, finished))
         return result
+
+    @staticmethod
+    def _wanted(inputs: dict[str, Any]) -> dict[str, str]:
+        return {key: digest(value) for key, value in inputs.items()}
 
     @staticmethod
     def _intact(record: dict[str, Any], outputs: Outputs) -> bool:

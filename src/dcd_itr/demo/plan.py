@@ -8,6 +8,7 @@ from typing import Any
 
 from dcd_itr.data.dataset import RetrievalSplit
 from dcd_itr.demo.ledger import StageLedger
+from dcd_itr.demo.workers import default_workers
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH
 from dcd_itr.errors import ConfigError
 from dcd_itr.speed.latency import LatencyConfig
@@ -51,6 +52,9 @@ class DemoPlan:
     cascade_ks: list[int] = field(default_factory=lambda: [8, 16, 32])  # the cascade sizes
     latency: LatencyConfig | None = field(default_factory=demo_latency)  # None: no latency part
     threads: int | None = None  # None: torch's default, all cores
+    # worker processes (one torch thread each) for the feature views and the independent training stages;
+    # None: one per core, at most 2 (dcd_itr.demo.workers); 1: everything in this process
+    workers: int | None = None
     example_queries: int = 5  # text queries on the contact sheet
     example_k: int = 5  # images shown per system and query
     index_backend: str = "faiss-flat"  # exact search: the test split is small
@@ -111,6 +115,10 @@ class DemoRun:
     data_arg: Path = Path()  # the dataset as the training configs and `dcd bench` take it
     data_fingerprint: str = ""  # sha256 of the dataset file
     splits: dict[str, RetrievalSplit] = field(default_factory=dict)
+
+    @property
+    def workers(self) -> int:
+        return self.plan.workers or default_workers()
 
 
 @dataclass

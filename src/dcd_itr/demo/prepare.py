@@ -17,6 +17,7 @@ from dcd_itr.data.scenes import build_scenes_dataset
 from dcd_itr.data.statistics import dataset_statistics
 from dcd_itr.demo.ledger import digest, file_digest
 from dcd_itr.demo.plan import DemoRun
+from dcd_itr.demo.workers import map_jobs
 from dcd_itr.features import cache_features
 from dcd_itr.io_utils import file_sha256
 
@@ -114,6 +115,38 @@ def preview_stage(run: DemoRun) -> None:
     )
 
 
+def cache_view(
+    data: Path, cache: Path, view: str, kind: str, storage_dtype: str, progress: bool
+) -> list[str]:
+    """Cache one view (``kind`` "image" or "text") of every split; returns the manifests' paths."""
+    images, texts = ([view], []) if kind == "image" else ([], [view])
+    results = cache_features(data, cache, images, texts, storage_dtype=storage_dtype, progress=progress)
+    return [str(result.directory / "manifest.json") for result in results]
+
+
+def view_jobs(run: DemoRun) -> list[tuple[str, str]]:
+    """(view, kind) of every cached view, costliest first: region views (detector + a tower call per object),
+    whole-image views, then text (so that on two workers the region view runs beside the other two)."""
+    views = [(view, "image") for view in run.plan.image_views] + [
+        (view, "text") for view in run.plan.text_views
+    ]
+    return sorted(views, key=lambda job: (not job[0].startswith("regions-"), job[1] == "text"))
+
+
+def cache_plan_views(run: DemoRun) -> list[str]:
+    """Every view of the plan, one view per worker process (see :mod:`dcd_itr.demo.workers`); the manifests in
+    the plan's order (image views, then text views; splits in order)."""
+    plan, workers = run.plan, run.workers
+    jobs = view_jobs(run)
+    arguments = [
+        (run.data_arg, run.cache_dir, view, kind, plan.storage_dtype, plan.progress and workers <= 1)
+        for view, kind in jobs
+    ]
+    manifests = dict(zip(jobs, map_jobs(cache_view, arguments, workers), strict=True))
+    ordered = [(view, "image") for view in plan.image_views] + [(view, "text") for view in plan.text_views]
+    return [path for job in ordered for path in manifests[job]]
+
+
 def features_stage(run: DemoRun) -> dict[str, str]:
     """Cache the plan's views; returns the upstream fingerprints every training stage depends on."""
     plan = run.plan
@@ -125,17 +158,7 @@ def features_stage(run: DemoRun) -> dict[str, str]:
             "text_views": plan.text_views,
             "dtype": plan.storage_dtype,
         },
-        lambda: [
-            str(result.directory / "manifest.json")
-            for result in cache_features(
-                run.data_arg,
-                run.cache_dir,
-                plan.image_views,
-                plan.text_views,
-                storage_dtype=plan.storage_dtype,
-                progress=plan.progress,
-            )
-        ],
+        lambda: cache_plan_views(run),
         outputs=lambda result: [Path(path) for path in result],
     )
     return {"data": run.data_fingerprint, "features": digest({path: file_digest(path) for path in manifests})}

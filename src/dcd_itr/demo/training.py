@@ -15,6 +15,7 @@ from dcd_itr.data.loading import resolve_dataset_file
 from dcd_itr.demo.ledger import file_digest
 from dcd_itr.demo.packaged import MANIFEST, PACKAGED_FILES, install_packaged_teacher, records_fingerprint
 from dcd_itr.demo.plan import DemoPlan, DemoRun, TrainedModels
+from dcd_itr.demo.workers import Stage, run_stages
 from dcd_itr.errors import DcdError
 from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.models.registry import weights_fingerprint
@@ -27,11 +28,15 @@ from dcd_itr.yaml_io import load_yaml_file
 
 
 def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
-    """The no-teacher baseline, the teacher, then both DCD students distilled from it."""
+    """The no-teacher baseline, the teacher, then both DCD students distilled from it. Stages that do not depend
+    on each other train side by side in worker processes (:mod:`dcd_itr.demo.workers`): with the packaged
+    teacher, the DCD dual student (which first writes the teacher-score cache both students read) beside the
+    baseline, then the cross student on the first free worker; a teacher that must be trained trains beside the
+    baseline, then the students."""
     plan, results = run.plan, run.results_dir
     common = [f"data={run.data_arg}", f"features={run.cache_dir}"]
 
-    def train(name: str, config: str, config_class, runner, out: str, extra=(), inputs=upstream):
+    def train(name: str, config: str, config_class, runner, out: str, extra=(), inputs=upstream) -> Stage:
         overrides = [*common, f"out={results / out}", *extra]
         return _training_stage(run, name, plan.configs / config, config_class, runner, overrides, inputs)
 
@@ -42,7 +47,14 @@ def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
         train_dual,
         "baseline_dual",
     )
-    teacher = teacher_stage(run, upstream, train)
+    if use_packaged_teacher(plan):
+        teacher, first = packaged_teacher_stage(run, Path(plan.packaged_teacher)), [baseline]
+    else:
+        teacher_stage = trained_teacher_stage(run, train)
+        run_stages(run.ledger, [baseline, teacher_stage], run.workers)
+        teacher, first = dict(teacher_stage.result), []
+        if is_grounded_config(plan.configs / plan.teacher_config):
+            teacher |= {"paths_only": str(Path(teacher["best"]).parent / "paths_only")}
     students = {}
     for student, config_name in (("dual", plan.dual_config), ("cross", plan.cross_config)):
         students[student] = train(
@@ -54,7 +66,12 @@ def training_stages(run: DemoRun, upstream: dict[str, str]) -> TrainedModels:
             [f"teacher={teacher['best']}", f"teacher_cache={results / 'teacher_scores'}"],
             upstream | {"teacher": teacher["weights"]},
         )
-    return TrainedModels(baseline, teacher, students["dual"], students["cross"])
+    # longest first: the dual (cache ~4 CPU-min + training) on one worker, the baseline on the other, the cross
+    # student once the baseline is done -- by then the dual has written the cache (if not, the cross student
+    # scores the pools it does not find itself: the same deterministic scores, written atomically, only slower)
+    order = [students["dual"], *first, students["cross"]]
+    run_stages(run.ledger, order, run.workers)
+    return TrainedModels(baseline.result, teacher, students["dual"].result, students["cross"].result)
 
 
 def use_packaged_teacher(plan: DemoPlan) -> bool:
@@ -68,16 +85,11 @@ def use_packaged_teacher(plan: DemoPlan) -> bool:
     return True
 
 
-def teacher_stage(run: DemoRun, upstream: dict[str, str], train) -> dict[str, str]:
-    """The packaged teacher (checked and installed) or one trained by its config (fusion or grounded)."""
+def trained_teacher_stage(run: DemoRun, train) -> Stage:
+    """The teacher trained by its config (fusion or grounded), as a stage."""
     plan = run.plan
-    if use_packaged_teacher(plan):
-        return packaged_teacher_stage(run, Path(plan.packaged_teacher))
     if is_grounded_config(plan.configs / plan.teacher_config):
-        record = train(
-            "teacher", plan.teacher_config, GroundedTeacherConfig, train_grounded_teacher, "teacher"
-        )
-        return record | {"paths_only": str(Path(record["best"]).parent / "paths_only")}
+        return train("teacher", plan.teacher_config, GroundedTeacherConfig, train_grounded_teacher, "teacher")
     return train("teacher", plan.teacher_config, TeacherTrainingConfig, train_teacher, "teacher")
 
 
@@ -156,6 +168,19 @@ def recorded_config(resolved: dict[str, Any], saved: Path, defaults: dict[str, A
     return old if old != resolved and only_new_defaults(old, resolved, defaults) else resolved
 
 
+def train_job(runner, config, progress: bool) -> dict[str, str]:
+    """Run a training command (resuming its ``last/`` checkpoint); a run folder of another config starts over."""
+    out = Path(config.out)
+    saved = out / "config.yaml"
+    started = (out / "last" / "state.json").exists() and saved.exists()
+    if started and changed_fields(load_yaml_file(saved), config):  # another config's run
+        print(f"  {out} holds a run of another config: starting it over")
+        shutil.rmtree(out)
+    runner(config, progress=progress)
+    best = out / "best"
+    return {"best": str(best), "weights": weights_fingerprint(best), "config": str(saved)}
+
+
 def _training_stage(
     run: DemoRun,
     name: str,
@@ -164,27 +189,17 @@ def _training_stage(
     runner,
     overrides: list[str],
     upstream: dict[str, Any],
-) -> dict[str, str]:
+) -> Stage:
     """A training command as a stage: reused when its resolved config and upstream fingerprints are unchanged;
     an unfinished run (no record) is resumed from its ``last/`` checkpoint by the command itself."""
     config = load_config(config_path, config_class, overrides)
     out = Path(config.out)
     resolved = recorded_config(config_to_dict(config), out / "config.yaml", default_tree(config_class))
-
-    def action() -> dict[str, str]:
-        saved = out / "config.yaml"
-        started = (out / "last" / "state.json").exists() and saved.exists()
-        if started and changed_fields(load_yaml_file(saved), config):  # another config's run
-            print(f"  {out} holds a run of another config: starting it over")
-            shutil.rmtree(out)
-        runner(config, progress=run.plan.progress)
-        best = out / "best"
-        return {"best": str(best), "weights": weights_fingerprint(best), "config": str(saved)}
-
-    return run.ledger.run(
+    return Stage(
         name,
         {"config": resolved, **upstream},
-        action,
+        train_job,
+        (runner, config, run.plan.progress and run.workers <= 1),  # no interleaved bars from two workers
         outputs=[out / "best" / "model.safetensors", out / "best" / "model.yaml"],
         clear=[out],
     )
