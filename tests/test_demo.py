@@ -173,7 +173,12 @@ def test_demo_end_to_end_then_reuse_then_recompute_what_changed(tiny_demo, capsy
     results = root / "results"
     printed = _run(root, plan, capsys)
     assert _stages(printed, r"done in") == ALL_STAGES and not _stages(printed, "reused")
-    for name in ("fusion teacher", "DCD compressed cross-encoder", "DCD dual encoder", "dual baseline"):
+    for name in (
+        "cross-encoder teacher",
+        "DCD compressed cross-encoder",
+        "DCD dual encoder",
+        "dual baseline",
+    ):
         assert f"| {name}" in printed  # the table is printed at the end
     assert f"report: {results / 'report.md'}" in printed
     assert f"dcd search --index {results / 'index'} 'a red heart'" in printed
@@ -186,16 +191,16 @@ def test_demo_end_to_end_then_reuse_then_recompute_what_changed(tiny_demo, capsy
     )
     summary = report.split("## Summary")[1].split("\n## ")[0]
     rows = re.findall(
-        r"^\| (fusion teacher|DCD [^|]+|cascade [^|]+|dual baseline [^|]+) \|.*$", summary, re.M
+        r"^\| (cross-encoder teacher|DCD [^|]+|cascade [^|]+|dual baseline [^|]+) \|.*$", summary, re.M
     )
     assert rows == [
-        "fusion teacher",
+        "cross-encoder teacher",
         "DCD compressed cross-encoder",
         "DCD dual encoder",
         "cascade dual -> cross, k = 2",
         "dual baseline (no teacher)",
     ]
-    teacher_row = re.search(r"^\| fusion teacher \|.*$", summary, re.M).group(0)
+    teacher_row = re.search(r"^\| cross-encoder teacher \|.*$", summary, re.M).group(0)
     assert "| 100.0% |" in teacher_row and teacher_row.endswith("| 1x |")
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert set(images) == {"speed_plot.png", "examples.png", "test_contact_sheet.png"}
@@ -226,7 +231,7 @@ def test_demo_end_to_end_then_reuse_then_recompute_what_changed(tiny_demo, capsy
             hits = sum(int(f == t) for f, t in zip(first, caption_to_image, strict=True))
             assert 100 * hits / len(first) == pytest.approx(row["metrics"]["text_to_image_R@1"]), row["name"]
     metrics = json.loads((results / "test_metrics.json").read_text())
-    assert metrics["fusion teacher"]["rsum"] == speed["ranking"][0]["rsum"]
+    assert metrics["cross-encoder teacher"]["rsum"] == speed["ranking"][0]["rsum"]
     assert (results / "index" / "gallery.json").is_file()
 
     # a second run reuses every stage

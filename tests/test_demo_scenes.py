@@ -256,6 +256,22 @@ def test_dcd_demo_package_teacher_reads_seed_and_data_from_the_run(tmp_path, mon
     assert manifest["seed"] == 3 and manifest["data_fingerprint"] == records_fingerprint(data)
     assert manifest["command"] == "dcd train-teacher --config configs/scenes_teacher.yaml"
     assert manifest["config"]["train"]["seed"] == 3
+    assert "data" not in manifest["config"]  # the run's path on the machine that trained it is not recorded
+
+
+def test_packaged_config_takes_its_paths_from_the_command_not_the_training_machine():
+    from dcd_itr.demo.packaged import portable_config
+
+    config = {"data": "/work/data/scenes", "features": "/tmp/f", "out": "/tmp/run", "train": {"seed": 0}}
+    command = "dcd train-teacher --config c.yaml --set data=data/scenes --set 'out=results/my teacher'"
+    assert portable_config(config, command) == {
+        "train": {"seed": 0},
+        "data": "data/scenes",
+        "out": "results/my teacher",
+    }
+    assert portable_config(None, command) is None
+    shipped = json.loads((Path(__file__).parents[1] / "teachers/scenes_grounded/manifest.json").read_text())
+    assert not any(str(value).startswith("/") for value in shipped["config"].values())
 
 
 def test_a_finished_run_is_not_retrained_for_fields_added_since_at_their_defaults(tmp_path):

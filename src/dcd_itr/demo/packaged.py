@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +34,23 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 PACKAGED_FILES = ("model.safetensors", "model.yaml")
 MAX_WEIGHTS_BYTES = 5 * 2**20  # a checkpoint the repo can carry
+RUN_PATHS = ("data", "features", "out")  # machine-specific paths of the run, replaced by the command's
+
+
+def portable_config(config: dict[str, Any] | None, command: str) -> dict[str, Any] | None:
+    """The run's saved config with its machine-specific paths (``data``, ``features``, ``out``) replaced by the
+    values the recorded ``command`` sets (``--set data=data/scenes``), or dropped where the command sets none: a
+    packaged manifest names no folder of the machine that trained it."""
+    if config is None:
+        return None
+    given = {}
+    tokens = shlex.split(command)
+    for flag, value in zip(tokens[:-1], tokens[1:], strict=True):
+        key, sep, setting = value.partition("=")
+        if flag == "--set" and sep and key in RUN_PATHS:
+            given[key] = setting
+    portable = {key: value for key, value in config.items() if key not in RUN_PATHS}
+    return portable | given
 
 
 def records_fingerprint(dataset_path: Path) -> str:
@@ -126,7 +144,9 @@ def package_teacher(
     manifest = {
         "format": MANIFEST_FORMAT,
         "command": command,
-        "config": yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None,
+        "config": portable_config(
+            yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None, command
+        ),
         "seed": seed,
         "data_fingerprint": data_fingerprint,
         "files": {name: file_sha256(folder / name) for name in PACKAGED_FILES},

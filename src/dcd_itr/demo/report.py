@@ -20,7 +20,7 @@ from dcd_itr.io_utils import write_text_atomic
 from dcd_itr.speed.common import format_ratio, format_seconds
 
 SYSTEM_LABELS = {
-    "teacher": "fusion teacher",
+    "teacher": "cross-encoder teacher",
     "cross student": "DCD compressed cross-encoder",
     "dual student": "DCD dual encoder",
 }
