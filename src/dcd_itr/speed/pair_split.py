@@ -2,7 +2,8 @@
 
 For each model, from the same cached tower features of ``num_images`` images x all captions, one round times:
 
-- ``current``: ``model.score_matrix`` on the model's encodings (the evaluation path: one image at a time);
+- ``current``: ``model.score_matrix`` on the model's encodings (one image at a time; the evaluation path until
+  ``evaluate.scoring.scoring_model`` switched evaluation to the split scorer);
 - ``per-pair``: :meth:`GroundedPairScorer.score_matrix` on encodings computed beforehand (the re-ranking path:
   gallery side stored, query side encoded once);
 - ``end-to-end``: the scorer's image and text encodings of those items + its per-pair part.
