@@ -15,7 +15,13 @@ import torch
 
 from dcd_itr.distill.frozen_teacher import load_frozen_teacher
 from dcd_itr.errors import ConfigError
-from dcd_itr.evaluate.scoring import PairScores, encode_all, rank_cascade, score_all_pairs
+from dcd_itr.evaluate.scoring import (
+    PairScores,
+    encode_all,
+    rank_cascade,
+    score_all_pairs,
+    scoring_model,
+)
 from dcd_itr.evaluate.twins import cascade_score_matrices, dataset_twin_scores, has_twins
 from dcd_itr.features import POOLED_ONLY, TOWER_BATCH_SIZE, SplitFeatures, load_split_features
 from dcd_itr.interfaces import FeatureBatch, is_cross_encoder, slice_features
@@ -57,7 +63,9 @@ def cross_metrics(
     progress: bool = False,
 ) -> tuple[dict[str, float], PairScores]:
     """Full-ranking metrics of a cross-encoder on a split's cached features: every pair scored (resumable in
-    ``checkpoint_dir``), then ranked. Returns the metrics and the scores with their speed."""
+    ``checkpoint_dir``), then ranked (through :func:`scoring_model`). Returns the metrics and the scores with
+    their speed."""
+    model = scoring_model(model)
     with torch.inference_mode():
         images, texts = encode_split(model, features.images, features.texts)
     result = score_all_pairs(
@@ -127,12 +135,13 @@ def evaluate_cross_encoder(
         )
     split_data, image_inputs, text_inputs = teacher.inputs(data, features, split)
     batch_size = TOWER_BATCH_SIZE if teacher.raw_inputs else CROSS_ENCODE_BATCH  # raw: a tower per batch
+    model = scoring_model(teacher.model)
     with torch.inference_mode():
-        images = encode_all(teacher.model.encode_images, image_inputs, batch_size, progress=progress)
-        texts = encode_all(teacher.model.encode_texts, text_inputs, batch_size, progress=progress)
+        images = encode_all(model.encode_images, image_inputs, batch_size, progress=progress)
+        texts = encode_all(model.encode_texts, text_inputs, batch_size, progress=progress)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")[-80:]
     result = score_all_pairs(
-        teacher.model,
+        model,
         images,
         texts,
         checkpoint_dir=scores_dir / f"{slug}_{split}" if scores_dir else None,
@@ -160,6 +169,7 @@ def evaluate_cascade(
         raise ConfigError(
             f"a cascade needs a dual first stage and a cross-encoder second ({dual_folder}, {cross_folder})"
         )
+    cross = scoring_model(cross)
     dual_features, cross_features = (
         _features(dual, data, features, split),
         _features(cross, data, features, split),

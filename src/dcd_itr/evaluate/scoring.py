@@ -4,6 +4,8 @@
 - :func:`score_all_pairs`: a cross-encoder's full (N, M) score matrix, resumable from safetensors shards; feed it to
   :func:`dcd_itr.metrics.recall_at_k_from_scores` (or to ``cascade_recall_from_scores`` to sweep cascade k).
 - :func:`rank_cascade`: a dual first stage keeps its top k per query, the cross-encoder re-scores only those.
+- :func:`scoring_model`: which object encodes and scores a cross-encoder's pairs in all of the above -- a grounded
+  cross-encoder's split pair scorer (the same scores within float rounding, faster), any other model itself.
 
 Metric names, the Recall@K protocol, the tie rule (pessimistic: a positive after the wrong candidates it ties
 with) and text-identical captions are documented in :mod:`dcd_itr.metrics` (:func:`rank_cascade` keeps every
@@ -48,6 +50,7 @@ from dcd_itr.metrics import (
     metrics_from_ranks,
     similarity_blocks,
 )
+from dcd_itr.models.grounded_pairs import pair_scorer
 
 MANIFEST_FORMAT = "dcd-itr/score-shards/v1"  # names the folder's layout, in case it ever changes
 
@@ -64,6 +67,14 @@ class PairScores:
     @property
     def pairs_per_second(self) -> float:
         return self.pairs_scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def scoring_model(model: Any) -> Any:
+    """What evaluates ``model``'s pairs: the split :class:`~dcd_itr.models.grounded_pairs.GroundedPairScorer` of
+    a grounded cross-encoder (same scores within ~1e-5, fusion's last layer at the CLS position only, no per-image
+    loop), else ``model`` itself. Encode *and* score with the returned object: its encodings are its own."""
+    scorer = pair_scorer(model)
+    return model if scorer is None else scorer
 
 
 @contextlib.contextmanager

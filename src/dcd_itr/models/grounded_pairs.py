@@ -8,7 +8,8 @@ Everything that depends on one side only is computed once per item by :class:`Gr
   (R, W): ``W1[:, :6] @ (sum_r a_r geometry_r) = sum_r a_r (W1[:, :6] @ geometry_r)``, so the per-pair part only
   mixes R precomputed rows;
 - text side (:meth:`~GroundedPairScorer.encode_texts`): grounding queries (L, G), token inputs with their position
-  embeddings already added (L, W), the token mask, the path embedding.
+  embeddings already added (L, W), the token mask, the path embedding; L is the view's width, so blocks encoded
+  separately concatenate, and each pair chunk drops the columns that are padding in all of its captions.
 
 The per-pair part (:meth:`~GroundedPairScorer.score`) takes P (image row, caption row) index pairs and runs, over
 all P at once (no per-image loop): token -> region grounding (P, L, R), the rest of the geometry MLP, every fusion
@@ -20,7 +21,9 @@ only** — the only output the head reads. For that layer the CLS query is folde
     out_h = sum_t a_h(t) (W_v,h y_t + b_v,h) = W_v,h (sum_t a_h(t) y_t) + b_v,h      (the a_h(t) sum to 1)
 
 so the last layer costs ~2 H W multiply-adds per token instead of a full layer's ~(4 W^2 + 2 W F). The result is
-the same function as ``model.score_pairs`` (equal up to float rounding; tests/test_grounded_pairs.py).
+the same function as ``model.score_pairs`` (equal up to float rounding; tests/test_grounded_pairs.py). The scorer
+is itself a :class:`~dcd_itr.interfaces.CrossEncoder` (``score_pairs``, ``score_matrix``, views, depth): evaluation
+and the cascade use it in the model's place (``dcd_itr.evaluate.scoring.scoring_model``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ class GroundedPairScorer(nn.Module):
     def fused(self) -> bool:
         return bool(self.model.config.fusion and self.model.fusion_depth > 0)
 
+    # the rest of the CrossEncoder protocol (dcd_itr.interfaces), so evaluation can use the scorer as the model
+    @property
+    def fusion_depth(self) -> int:
+        return self.model.fusion_depth
+
+    @property
+    def image_views(self) -> list[str]:
+        return self.model.image_views
+
+    @property
+    def text_views(self) -> list[str]:
+        return self.model.text_views
+
     # ------------------------------------------------------------------ query-independent parts
 
     def encode_images(self, images: FeatureBatch) -> FeatureBatch:
@@ -81,17 +97,25 @@ class GroundedPairScorer(nn.Module):
 
     def encode_texts(self, texts: FeatureBatch) -> FeatureBatch:
         """Cached token view -> text-side encodings: queries (M, L, G), inputs + positions (M, L, W), mask, path.
-        Token columns that are padding in every caption are dropped (captions are short)."""
+
+        Only the columns up to the batch's longest caption are projected; the outputs are zero-padded back to the
+        view's width L, so encodings of different batches concatenate and can be sliced by row (:meth:`score`
+        drops the columns that are padding in every caption of a pair chunk)."""
         model, view = self.model, self.model.config.text_view
-        tokens, mask = texts[f"{view}.tokens"], texts[f"{view}.mask"].bool()  # (M, L, C), (M, L)
+        tokens, mask = texts[f"{view}.tokens"], texts[f"{view}.mask"].bool()  # (M, L_view, C), (M, L_view)
         weights = mask.unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # (M, C)
+        width = tokens.shape[1]
         length = max(1, int(mask.sum(dim=1).max())) if mask.numel() else 1
-        tokens, mask = tokens[:, :length], mask[:, :length]
+        tokens = tokens[:, :length]  # (M, L, C)
         inputs = model.text_input(tokens) + model.positions[:, 1 : 1 + length]  # (M, L, W)
+
+        def padded(x: torch.Tensor) -> torch.Tensor:  # (M, L, D) -> (M, L_view, D), zeros on padding columns
+            return F.pad(x, (0, 0, 0, width - length))
+
         return {
-            "pairs.queries": _l2(model.token_projection(tokens)),  # (M, L, G)
-            "pairs.inputs": inputs,
+            "pairs.queries": padded(_l2(model.token_projection(tokens))),  # (M, L_view, G)
+            "pairs.inputs": padded(inputs),  # (M, L_view, W)
             "pairs.text_mask": mask,
             "path.embedding": _l2(model.path_text(pooled)),  # (M, G)
         }
@@ -118,6 +142,17 @@ class GroundedPairScorer(nn.Module):
         ]
         return torch.cat(parts) if parts else torch.zeros(0)
 
+    def score_pairs(self, images: FeatureBatch, texts: FeatureBatch) -> torch.Tensor:
+        """Aligned batches (row b with row b) of B encoded images and B encoded captions -> logits (B,), as
+        ``model.score_pairs``."""
+        num_pairs = feature_batch_size(images)
+        if feature_batch_size(texts) != num_pairs:
+            raise ValueError(
+                f"score_pairs needs aligned batches: {num_pairs} images vs {feature_batch_size(texts)} captions"
+            )
+        rows = torch.arange(num_pairs)
+        return self.score(images, texts, rows, rows)
+
     def score_matrix(self, images: FeatureBatch, texts: FeatureBatch) -> torch.Tensor:
         """Every image against every caption -> logits (N, M), as ``model.score_matrix``."""
         num_images, num_texts = feature_batch_size(images), feature_batch_size(texts)
@@ -134,11 +169,13 @@ class GroundedPairScorer(nn.Module):
         ).sum(-1)  # (P,)
         if not self.fused:
             return logits
-        tokens = self._grounded_tokens(images, texts, image_rows, text_rows)  # (P, L, W)
+        token_mask = texts["pairs.text_mask"][text_rows]  # (P, L_view)
+        length = max(1, int(token_mask.sum(dim=1).max())) if token_mask.numel() else 1
+        token_mask = token_mask[:, :length]  # (P, L): columns that are padding in every caption dropped
+        tokens = self._grounded_tokens(images, texts, image_rows, text_rows, length)  # (P, L, W)
         pairs, width = tokens.shape[0], tokens.shape[-1]
         cls = (model.cls_token + model.positions[:, :1]).expand(pairs, 1, width)  # (P, 1, W)
         stream = torch.cat([cls, tokens], dim=1)  # (P, 1+L, W)
-        token_mask = texts["pairs.text_mask"][text_rows]  # (P, L)
         padding = torch.cat([torch.zeros_like(token_mask[:, :1]), ~token_mask], dim=1)  # (P, 1+L)
         for layer in model.layers[:-1]:
             stream = layer(stream, src_key_padding_mask=padding)
@@ -146,13 +183,18 @@ class GroundedPairScorer(nn.Module):
         return logits + model.head(model.final_norm(cls_out)).squeeze(-1)
 
     def _grounded_tokens(
-        self, images: FeatureBatch, texts: FeatureBatch, image_rows: torch.Tensor, text_rows: torch.Tensor
+        self,
+        images: FeatureBatch,
+        texts: FeatureBatch,
+        image_rows: torch.Tensor,
+        text_rows: torch.Tensor,
+        length: int,  # the first ``length`` token columns (the rest is padding in every caption of the chunk)
     ) -> torch.Tensor:
         """Token inputs + the geometry MLP of what each token grounded to: (P, L, W)."""
         model = self.model
         keys = images["pairs.keys"][image_rows]  # (P, R, G)
         region_mask = images["pairs.region_mask"][image_rows].unsqueeze(1)  # (P, 1, R)
-        queries = texts["pairs.queries"][text_rows]  # (P, L, G)
+        queries = texts["pairs.queries"][text_rows, :length]  # (P, L, G)
         cosines = torch.bmm(queries, keys.transpose(1, 2))  # (P, L, R)
         scaled = (model.log_grounding_scale.exp() * cosines).masked_fill(~region_mask, float("-inf"))
         attention = scaled.softmax(dim=-1)  # (P, L, R)
@@ -165,7 +207,7 @@ class GroundedPairScorer(nn.Module):
         hidden = hidden + best * first.weight[:, 6] + expected * first.weight[:, 7] + first.bias
         for module in model.geometry_mlp[1:]:  # GELU, Linear(W, W), LayerNorm or Identity
             hidden = module(hidden)
-        return texts["pairs.inputs"][text_rows] + hidden
+        return texts["pairs.inputs"][text_rows, :length] + hidden
 
 
 def _last_layer_cls(

@@ -2,7 +2,8 @@
 
 For each model, from the same cached tower features of ``num_images`` images x all captions, one round times:
 
-- ``current``: ``model.score_matrix`` on the model's encodings (the evaluation path: one image at a time);
+- ``current``: ``model.score_matrix`` on the model's encodings (one image at a time; the evaluation path until
+  ``evaluate.scoring.scoring_model`` switched evaluation to the split scorer);
 - ``per-pair``: :meth:`GroundedPairScorer.score_matrix` on encodings computed beforehand (the re-ranking path:
   gallery side stored, query side encoded once);
 - ``end-to-end``: the scorer's image and text encodings of those items + its per-pair part.
@@ -107,11 +108,13 @@ def stage_seconds(model: torch.nn.Module, images: FeatureBatch, texts: FeatureBa
             text_rows[start : start + scorer.pair_chunk],
         )
         started = time.perf_counter()
-        tokens = scorer._grounded_tokens(image_side, text_side, rows_i, rows_t)
+        mask = text_side["pairs.text_mask"][rows_t]
+        length = max(1, int(mask.sum(dim=1).max()))  # the chunk's all-padding columns dropped, as score does
+        mask = mask[:, :length]
+        tokens = scorer._grounded_tokens(image_side, text_side, rows_i, rows_t, length)
         pairs, width = tokens.shape[0], tokens.shape[-1]
         cls = (model.cls_token + model.positions[:, :1]).expand(pairs, 1, width)
         stream = torch.cat([cls, tokens], dim=1)
-        mask = text_side["pairs.text_mask"][rows_t]
         padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
         middle = time.perf_counter()
         for layer in model.layers[:-1]:

@@ -8,7 +8,8 @@ computed once per item (never per pair). A system's time is::
     text encoding   = each text view it uses + its text heads
     scoring         = unimodal features -> ranks of every query (pair scoring and the Recall@K ranks)
 
-Scoring calls exactly what ``dcd eval`` calls, with the same block sizes: ``score_all_pairs`` then
+Scoring calls exactly what ``dcd eval`` calls, with the same block sizes and the same scorer
+(``evaluate.scoring.scoring_model``): ``score_all_pairs`` then
 ``recall_at_k_from_scores`` for a cross-encoder, ``rank_dual`` for the dual, ``rank_cascade`` for a cascade, so
 the RSUM printed beside a time is the RSUM of the scores that time produced.
 """
@@ -27,6 +28,7 @@ from dcd_itr.encoders import build_image_tower, build_text_tower
 from dcd_itr.encoders.views import DEFAULT_TEXT_LENGTH, parse_view
 from dcd_itr.evaluate import encode_all, rank_cascade, score_all_pairs
 from dcd_itr.evaluate.models import CROSS_ENCODE_BATCH, CROSS_TEXT_BLOCK, DUAL_ENCODE_BATCH
+from dcd_itr.evaluate.scoring import scoring_model
 from dcd_itr.evaluate.twins import cascade_score_matrices, twin_scores
 from dcd_itr.features import TOWER_BATCH_SIZE
 from dcd_itr.interfaces import FeatureBatch, slice_features
@@ -159,7 +161,9 @@ class EncodedModel:
 
 
 def encode_model(model: nn.Module, encoder: SplitEncoder, dual: bool) -> EncodedModel:
-    """Tower outputs of the model's views (shared with other models) through its unimodal heads, timed."""
+    """Tower outputs of the model's views (shared with other models) through its unimodal heads, timed; a
+    grounded cross-encoder encodes and scores through its split pair scorer, as `dcd eval` does."""
+    model = scoring_model(model)
     tower_images: FeatureBatch = {}
     for view in model.image_views:
         tower_images.update(encoder.image_view(view))
