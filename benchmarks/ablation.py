@@ -1,4 +1,4 @@
-"""The DCD ablation on the emoji benchmark, each row changing one thing, seeds paired across rows.
+"""The DCD ablation (emoji by default; scenes with --config), each row changing one thing, seeds paired across rows.
 
     python benchmarks/ablation.py --teacher results/demo/teacher/best [--students dual cross] [--seeds 0 1 2 3 4]
         [--rows none static-ce static-bce dcd-ce dcd-bce wsl weighted-best ...] [--sweep] [--infonce-rows]
@@ -319,24 +319,58 @@ def markdown(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, default=Path("results/demo/teacher/best"))
-    parser.add_argument("--data", type=Path, default=Path("data/emoji"))
-    parser.add_argument("--features", type=Path, default=Path("cache/features"))
-    parser.add_argument("--teacher-cache", type=Path, default=Path("results/demo/teacher_scores"))
-    parser.add_argument("--runs", type=Path, default=Path("results/ablation"))
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=Path("results/demo/teacher/best"),
+        help="the frozen teacher (a model folder)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/emoji"), help="dataset folder (Karpathy JSON + images)"
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=Path("cache/features"),
+        help="feature cache with the student's and teacher's views",
+    )
+    parser.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=Path("results/demo/teacher_scores"),
+        help="teacher-score cache folder (shared by every run; created if missing)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("results/ablation"),
+        help="one folder per run; finished runs are reused",
+    )
     parser.add_argument(
         "--config", type=Path, default=None, help="base config (default configs/emoji_dcd_*.yaml)"
     )
-    parser.add_argument("--students", nargs="+", default=["dual", "cross"], choices=["dual", "cross"])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--students",
+        nargs="+",
+        default=["dual", "cross"],
+        choices=["dual", "cross"],
+        help="which students to ablate",
+    )
+    parser.add_argument(
+        "--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="the rows (losses) to run"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="paired seeds (same init, order, lists)"
+    )
     parser.add_argument("--sweep", action="store_true", help="choose each row's settings on val (seed 0)")
     parser.add_argument("--infonce-rows", action="store_true", help="also the rows with InfoNCE (dual only)")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run, applied last")
     parser.add_argument("--name", default="ablation", help="results file name (benchmarks/results/NAME.md)")
     parser.add_argument("--note", default="", help="a line for the table's header (e.g. the budget cuts)")
     parser.add_argument("--report-only", action="store_true", help="tabulate finished runs, train nothing")
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--results", type=Path, default=Path("benchmarks/results"), help="folder for NAME.md and NAME.json"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
     if args.threads:

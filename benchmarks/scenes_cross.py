@@ -140,17 +140,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the scenes dataset folder")
+    parser.add_argument("--features", type=Path, required=True, help="feature cache with every model's views")
+    parser.add_argument("--teacher", type=Path, required=True, help="the grounded teacher (a model folder)")
     parser.add_argument("--student", action="append", default=[], help="NAME=FOLDER (repeatable)")
     parser.add_argument("--dual", action="append", default=[], help="NAME=FOLDER first stage (repeatable)")
-    parser.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32])
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--timing-images", type=int, default=40)  # 40 x 600 captions = 24k pairs per round
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32], help="cascade depths (dual top k)")
+    parser.add_argument("--split", default="test", help="split to rank (val or test)")
+    parser.add_argument(
+        "--timing-images",
+        type=int,
+        default=40,
+        help="images x all captions per timing round (40 x 600 = 24k pairs)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the best is kept")
     parser.add_argument("--cascade-teacher", action="store_true", help="also cascade into the teacher")
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--results", type=Path, default=Path("benchmarks/results"), help="folder for scenes_cross.md / .json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)

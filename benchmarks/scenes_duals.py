@@ -165,13 +165,33 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/scenes"))
-    parser.add_argument("--features", type=Path, default=Path("cache/features"))
-    parser.add_argument("--runs", type=Path, default=Path("results/scenes_duals"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--systems", nargs="+", default=["bag", "pos"], choices=sorted(SYSTEMS))
+    parser.add_argument("--data", type=Path, default=Path("data/scenes"), help="the scenes dataset folder")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=Path("cache/features"),
+        help="feature cache with every system's views",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("results/scenes_duals"),
+        help="one folder per run; finished runs are reused",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="training seeds (paired across systems)"
+    )
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=["bag", "pos"],
+        choices=sorted(SYSTEMS),
+        help="which duals to train (SYSTEMS)",
+    )
     parser.add_argument("--teacher", default="results/scenes/teacher/best", help="for the dcd / none rows")
-    parser.add_argument("--teacher-cache", default="cache/teacher_scores")
+    parser.add_argument(
+        "--teacher-cache", default="cache/teacher_scores", help="teacher-score cache for the dcd / none rows"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override, all")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="scenes_duals", help="output file stem under --results")
