@@ -77,6 +77,16 @@ WEIGHTINGS = {  # beyond the paper, each with label CE; the DCD structure with t
         _options(label="ce", label_weighting="uniform", distill_weighting="confidence", kappa=4.0)
     ],
 }
+# DCD's own weights (entropy label weights, the paper's distillation weights, CE labels) with a weight temperature
+# T_w apart from the distillation temperature: on z-scored lists at T = 1 every list's entropy is ~1.12 nats and
+# the weights are uniform (ESS 63.9 of 64 on the scenes train lists); a lower T_w sharpens the entropies so that
+# the lists where the teacher's top scores are close weigh more (benchmarks/weight_ess.py measures the ESS)
+WEIGHT_TEMPERATURES = {
+    f"tw{t:g}": [
+        _options(label="ce", label_weighting="entropy", distill_weighting="paper", weight_temperature=t)
+    ]
+    for t in (0.25, 0.5)
+}
 # vs MSE (the stage's incumbent); KL (ListNet) already lost to MSE on val (benchmarks/dcd_val_sweep.py)
 DISTANCES = {"margin_mse": ["loss.distance=margin_mse"]}
 ROWS: dict[str, Row] = {
@@ -88,6 +98,8 @@ ROWS: dict[str, Row] = {
     # WSL adds alpha·KD to a full CE, so alpha = 1 is its equal mix; KL is WSL's own distance
     "wsl": Row(["loss.name=wsl", "loss.distance=kl"], [_alphas(0.2, 1.0)]),
     "weighted-best": Row(["loss.name=weighted"], [WEIGHTINGS, DISTANCES], alpha_from="static-ce"),
+    # exactly dcd-ce at T_w = T (tests/test_weighting.py), so dcd-tw - dcd-ce changes the weight temperature only
+    "dcd-tw": Row(["loss.name=weighted"], [WEIGHT_TEMPERATURES], alpha_from="static-ce"),
     "weighted-both": Row(
         [
             "loss.name=weighted",
@@ -99,6 +111,7 @@ ROWS: dict[str, Row] = {
 DYNAMIC = [
     "dcd-ce",
     "dcd-bce",
+    "dcd-tw",
     "wsl",
     "weighted-best",
     "weighted-both",
@@ -110,6 +123,8 @@ COMPARISONS = [
     ("dcd-bce", "static-bce"),  # weighting only, BCE labels
     ("dcd-bce", "static-ce"),  # the earlier ablation's comparison: weighting and label loss changed together
     ("static-bce", "static-ce"),  # label loss only
+    ("dcd-tw", "dcd-ce"),  # weight temperature only
+    ("dcd-tw", "static-ce"),
     ("wsl", "static-ce"),
     ("weighted-best", "static-ce"),
     ("weighted-both", "static-ce"),

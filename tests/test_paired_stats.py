@@ -152,3 +152,27 @@ def test_ablation_val_sweep_shares_static_alpha_and_builds_stages_on_the_winner(
     ]  # fmt: skip
     assert ablation.choose_on_val(args, "dual", "dcd-ce", ["c=1"]) == (["loss.alpha=0.5"], None)
     assert [s["point"] for s in args.sweep_log][-1] == "mixed-0.5 margin_mse"
+
+
+def test_ablation_dcd_tw_row_is_dcd_ce_with_a_weight_temperature() -> None:
+    """The scenes ablation's overrides (configs/scenes_dcd_dual.yaml + the row + its sweep point + the --extra
+    settings) build the weighted loss with DCD's weights, CE labels, z-scored KL and T_w = 0.25."""
+    import ablation
+    from dcd_itr.config import load_config
+    from dcd_itr.distill.losses import build_loss
+    from dcd_itr.tasks.distill import DistillConfig, _loss_options
+
+    row = ablation.ROWS["dcd-tw"]
+    assert row.alpha_from == "static-ce" and list(row.stages[0]) == ["tw0.25", "tw0.5"]
+    overrides = [
+        *row.overrides,
+        "loss.alpha=0.8",
+        *row.stages[0]["tw0.25"],
+        "loss.options.teacher_norm=zscore",
+    ]
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "scenes_dcd_dual.yaml"
+    config = load_config(config_path, DistillConfig, overrides)
+    loss = build_loss(config.loss.name, **_loss_options(config.loss))
+    assert (loss.label_weighting, loss.distill_weighting, loss.label) == ("entropy", "paper", "ce")
+    assert (loss.weight_temperature, loss.temperature, loss.distance) == (0.25, 1.0, "kl")
+    assert (loss.teacher_norm, loss.alpha) == ("zscore", 0.8)

@@ -165,3 +165,41 @@ def test_infonce_excluded_pairs_are_no_negatives() -> None:
     assert close(terms["loss"], 0.5 * (image_to_text + text_to_image))
     diagonal_kept = SymmetricInfoNCELoss()(logits, torch.ones(3, 3, dtype=torch.bool))
     assert close(diagonal_kept["loss"], 0.0)  # only the positives remain: CE of a one-entry softmax
+
+
+def test_weighted_with_ce_labels_and_zscored_kl_reduces_to_dcd_ce() -> None:
+    """The ablation's ``dcd-tw`` row is ``dcd-ce`` with a weight temperature: at T_w = T the two losses agree on
+    the scenes settings (CE labels, z-scored teacher lists, listwise KL)."""
+    student, teacher = tensor(STUDENT), tensor(TEACHER)
+    settings = {"label": "ce", "distance": "kl", "teacher_norm": "zscore", "alpha": 0.8}
+    as_dcd = WeightedDistillationLoss(label_weighting="entropy", distill_weighting="paper", **settings)
+    dcd = DynamicDistillationLoss(**settings)
+    for key in ("loss", "kd", "gt", "label_ess", "distill_ess"):
+        assert close(as_dcd(student, teacher)[key], dcd(student, teacher)[key].item())
+
+
+def test_weight_temperature_sharpens_label_weights_of_zscored_lists() -> None:
+    """Label weights at T_w = 0.25 on z-scored lists, by hand: z_i = (t_i - mean) / population std, H_i the entropy
+    of softmax(z_i / 0.25), w = H / sum H; the label ESS is 1 / sum w^2."""
+    hand_z = []
+    for row in TEACHER:
+        mu = mean(row)
+        sigma = math.sqrt(mean([(t - mu) ** 2 for t in row]))
+        hand_z.append([(t - mu) / (sigma + 1e-6) for t in row])
+    w = normalised([entropy(row, 0.25) for row in hand_z])
+    loss = WeightedDistillationLoss(
+        label_weighting="entropy",
+        distill_weighting="paper",
+        label="ce",
+        distance="kl",
+        teacher_norm="zscore",
+        weight_temperature=0.25,
+    )
+    terms = loss(tensor(STUDENT), tensor(TEACHER))
+    assert close(terms["label_ess"], 1 / sum(x * x for x in w))
+    at_one = WeightedDistillationLoss(
+        label_weighting="entropy", distill_weighting="paper", label="ce", distance="kl", teacher_norm="zscore"
+    )(tensor(STUDENT), tensor(TEACHER))
+    w_one = normalised([entropy(row, 1.0) for row in hand_z])
+    assert close(at_one["label_ess"], 1 / sum(x * x for x in w_one))
+    assert terms["label_ess"] < at_one["label_ess"]  # sharper entropies, less uniform weights
