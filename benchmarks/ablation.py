@@ -387,6 +387,12 @@ def main() -> None:
         "--results", type=Path, default=Path("benchmarks/results"), help="folder for NAME.md and NAME.json"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="the rows' label in the tables (default: the student), e.g. 'dual + InfoNCE 0.5' when --extra sets "
+        "infonce_weight for every row",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -396,7 +402,7 @@ def main() -> None:
     for suffix, common in settings:
         args.suffix = suffix
         for student in args.students if not suffix else ["dual"]:
-            label = student if not suffix else f"{student} + InfoNCE 0.5"
+            label = (args.label or student) if not suffix else f"{student} + InfoNCE 0.5"
             for row in args.rows:
                 result = run_row(args, student, row, common)
                 if result["runs"]:
