@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from dcd_itr.distill.losses import teacher_entropy
-from dcd_itr.distill.normalise import normalise_teacher
+from dcd_itr.distill.normalise import TEACHER_NORMS, normalise_teacher
 from dcd_itr.distill.weighting import distill_weights, effective_sample_size, label_weights
 from dcd_itr.io_utils import write_json_atomic, write_text_atomic
 
@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument(
         "--norms",
         nargs="+",
-        default=["none", "zscore"],
-        choices=["none", "zscore"],
+        default=list(TEACHER_NORMS),
+        choices=TEACHER_NORMS,
         help="teacher_norm values",
     )
     parser.add_argument("--name", default="weight_ess", help="output file stem under --results")

@@ -316,9 +316,12 @@ def test_sigkill_during_feature_caching_then_rerun_equals_uninterrupted(workspac
     total = (32 + 8 + 8) // 2 + (64 + 16 + 16) // 2  # image shards + caption shards, 2 items each
     target = random.Random(SEED).randint(1, total // 2)
     killed = tmp_path / "killed"
+
     # kill inside a folder: on a fast machine the target shard can be a folder's last, and between two folders
     # every manifest on disk is complete (the 2 ms poll raced the last shard and the manifest's update)
-    ready = lambda: shard_count(killed) >= target and writing_a_folder(killed)  # noqa: E731
+    def ready() -> bool:
+        return shard_count(killed) >= target and writing_a_folder(killed)
+
     kill_when([*args, "--out", str(killed)], ready, tmp_path / "kill.log")
     assert target <= shard_count(killed) < total, f"seed {SEED}: killed after {shard_count(killed)} shards"
 

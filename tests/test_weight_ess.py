@@ -59,17 +59,18 @@ def test_zscore_at_low_weight_temperature_concentrates_dcd_weights() -> None:
     assert dcd["positive_first"] == 1.0
 
 
-def test_cli_writes_markdown_and_json(tmp_path: Path) -> None:
+def test_cli_writes_markdown_and_json(tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     save_file({"teacher_logits": torch.randn(16, 4)}, str(cache / "round-0000-image_to_text.safetensors"))
-    sys.argv = ["weight_ess.py", "--teacher-cache", str(cache), "--batch", "8", "--results", str(tmp_path)]
+    argv = ["weight_ess.py", "--teacher-cache", str(cache), "--batch", "8", "--results", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
     main()
     assert "| zscore | 0.25 | dcd (entropy / paper) |" in (tmp_path / "weight_ess.md").read_text()
     assert (tmp_path / "weight_ess.json").is_file()
 
 
-def test_cli_names_a_folder_without_round_files(tmp_path: Path) -> None:
-    sys.argv = ["weight_ess.py", "--teacher-cache", str(tmp_path)]
+def test_cli_names_a_folder_without_round_files(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["weight_ess.py", "--teacher-cache", str(tmp_path)])
     with pytest.raises(SystemExit):
         main()
