@@ -21,12 +21,13 @@ import statistics
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
 
 from dcd_itr.distill.losses import teacher_entropy
 from dcd_itr.distill.normalise import TEACHER_NORMS, normalise_teacher
 from dcd_itr.distill.weighting import distill_weights, effective_sample_size, label_weights
-from dcd_itr.io_utils import write_json_atomic, write_text_atomic
+from dcd_itr.errors import CorruptFileError
+from dcd_itr.io_utils import load_checked, write_json_atomic, write_text_atomic
 
 WEIGHTINGS = {  # name: (label weighting, distillation weighting, gamma, mix, kappa)
     "dcd (entropy / paper)": ("entropy", "paper", 0.5, 0.5, 1.0),
@@ -34,6 +35,14 @@ WEIGHTINGS = {  # name: (label weighting, distillation weighting, gamma, mix, ka
     "mixed 0.5 / paper": ("mixed", "paper", 0.5, 0.5, 1.0),
     "uniform / confidence κ 4": ("uniform", "confidence", 0.5, 0.5, 4.0),
 }
+
+
+def round_logits(path: Path) -> torch.Tensor:
+    """The teacher logits (A, K) of one round file; :class:`CorruptFileError` naming it if it cannot be read."""
+    try:
+        return load_checked(path)[0]["teacher_logits"]
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        raise CorruptFileError(path, f"cannot read teacher logits from this round file ({error!r})") from None
 
 
 def batch_ess(entropy: torch.Tensor, batch: int, scheme: tuple) -> tuple[float, float]:
@@ -101,7 +110,7 @@ def main() -> None:
     files = sorted(args.teacher_cache.glob("round-*.safetensors"))
     if not files:
         parser.error(f"{args.teacher_cache}: no round-*.safetensors files (is it one cache folder?)")
-    logits = torch.cat([load_file(str(f))["teacher_logits"] for f in files])  # (A, K), every direction
+    logits = torch.cat([round_logits(f) for f in files])  # (A, K), every direction
     rows = measure(logits, args.batch, args.norms, args.weight_temperatures)
     command = "python benchmarks/weight_ess.py " + " ".join(
         [f"--teacher-cache {args.teacher_cache}", f"--batch {args.batch}", f"--name {args.name}"]

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from dcd_itr.errors import CorruptFileError  # noqa: E402
 from weight_ess import WEIGHTINGS, batch_ess, main, measure  # noqa: E402
 
 DCD = WEIGHTINGS["dcd (entropy / paper)"]
@@ -73,4 +74,12 @@ def test_cli_writes_markdown_and_json(tmp_path: Path, monkeypatch) -> None:
 def test_cli_names_a_folder_without_round_files(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["weight_ess.py", "--teacher-cache", str(tmp_path)])
     with pytest.raises(SystemExit):
+        main()
+
+
+def test_cli_names_a_corrupt_round_file(tmp_path: Path, monkeypatch) -> None:
+    bad = tmp_path / "round-0000-text_to_image.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(sys, "argv", ["weight_ess.py", "--teacher-cache", str(tmp_path)])
+    with pytest.raises(CorruptFileError, match="round-0000-text_to_image.safetensors"):
         main()
